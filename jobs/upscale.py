@@ -1,0 +1,198 @@
+"""Upscale a huge image with LIIF, tile by tile, on Ray (or in-process).
+
+    python -m jobs.upscale --input URI --output URI (--scale S | --size WxH) [--model PATH|NAME]
+                           [--tile N] [--workers N] [--gpus-per-worker G] [--resume|--overwrite]
+
+With no --input it runs the demo: a real sample image bundled with scikit-image, upscaled x3.7 into
+./out/ as Zarr plus a preview PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEMO_SCALE = 3.7
+
+
+def _parse_scale(text: str) -> float | tuple[float, float]:
+    parts = text.replace("x", ",").split(",")
+    try:
+        vals = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"scale {text!r} is not a number or 'SY,SX' pair (e.g. 4, 2.7, 2,3.5)") from None
+    if len(vals) == 1:
+        return vals[0]
+    if len(vals) == 2:
+        return (vals[0], vals[1])
+    raise argparse.ArgumentTypeError(f"scale {text!r} must be one number or two (SY,SX)")
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be WIDTHxHEIGHT, e.g. 4000x3000") \
+            from None
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be positive")
+    return (h, w)
+
+
+def _parse_json(text: str) -> dict:
+    try:
+        v = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON: {e}") from None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a JSON object")
+    return v
+
+
+def _parse_bands(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bands {text!r} must be 0-based indices like 0,1,2") \
+            from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs.upscale", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", help="image URI: Zarr (v2/v3), GeoTIFF/COG, PNG/JPEG/TIFF; local or "
+                   "fsspec (s3://, gs://, memory://, file://). Omit for the demo.")
+    p.add_argument("--array-path", help="array inside a Zarr group")
+    p.add_argument("--layout", default="auto", choices=["auto", "CHW", "HWC"])
+    p.add_argument("--bands", type=_parse_bands, help="0-based bands to process, e.g. 0,1,2")
+    p.add_argument("--storage-options", type=_parse_json, help="fsspec options (JSON) for input")
+    p.add_argument("--output", help="output Zarr URI (a group holding array 'image')")
+    p.add_argument("--output-storage-options", type=_parse_json)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--scale", type=_parse_scale, help="e.g. 4, 2.7, 0.5 or SY,SX like 2,3.5")
+    g.add_argument("--size", type=_parse_size, help="exact output size WIDTHxHEIGHT")
+    p.add_argument("--model", default="edsr-baseline-liif",
+                   help="checkpoint path (ours, or official LIIF .pth) or a bundled name")
+    p.add_argument("--tile", type=int, help="output tile side (multiple of --chunk / --shard)")
+    p.add_argument("--chunk", type=int, default=256, help="output Zarr chunk side (default 256)")
+    p.add_argument("--shard", type=int, help="output Zarr shard side (multiple of --chunk)")
+    p.add_argument("--value-range", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="input values mapped to [0, 1], e.g. 0 10000 for reflectance "
+                   "(default: the dtype's range; 0..1 for floats)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--executor", default="ray", choices=["ray", "in-process"])
+    p.add_argument("--workers", type=int, default=None,
+                   help="model actors (default: GPUs, else CPUs / threads-per-worker)")
+    p.add_argument("--gpus-per-worker", type=float, default=None)
+    p.add_argument("--threads-per-worker", type=int, default=None)
+    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local Ray)")
+    m = p.add_mutually_exclusive_group()
+    m.add_argument("--resume", action="store_true", help="continue an interrupted output")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--max-output-pixels", type=int, default=None)
+    p.add_argument("--cog", help="also export a Cloud-Optimised GeoTIFF to this path")
+    p.add_argument("--preview", help="also write a downsampled PNG preview to this path")
+    p.add_argument("--summary", help="also write the JSON summary to this file")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def demo_input(out_dir: Path) -> Path:
+    """The bundled sample (scikit-image's astronaut photo) as a Zarr array in ``out_dir``."""
+    import numpy as np
+    import zarr
+    from skimage import data
+
+    path = out_dir / "astronaut.zarr"
+    if not (path / "zarr.json").exists():
+        img = np.ascontiguousarray(data.astronaut().transpose(2, 0, 1))  # (3, 512, 512) uint8
+        arr = zarr.create_array(str(path), shape=img.shape, dtype=img.dtype,
+                                chunks=(3, 256, 256), overwrite=True)
+        arr[:] = img
+    return path
+
+
+def _default_workers(gpus_per_worker: float | None, threads: int | None) -> tuple[int, float]:
+    import os
+
+    try:
+        import torch
+
+        n_gpu = torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - torch always imports here; be safe for odd installs
+        n_gpu = 0
+    if gpus_per_worker is None:
+        gpus_per_worker = 1.0 if n_gpu else 0.0
+    if gpus_per_worker:
+        return max(1, int(n_gpu / gpus_per_worker)), gpus_per_worker
+    return max(1, (os.cpu_count() or 1) // (threads or 1)), 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    from pipeline.ray_executor import RAY_ENV_DEFAULTS
+
+    for k, v in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    demo = a.input is None
+    if demo:
+        if a.output is not None:
+            parser.error("--output needs --input (without --input the demo writes to ./out/)")
+        out_dir = Path("out")
+        out_dir.mkdir(exist_ok=True)
+        a.input = str(demo_input(out_dir))
+        if a.scale is None and a.size is None:
+            a.scale = DEMO_SCALE
+        tag = f"x{a.scale:g}" if isinstance(a.scale, float) else (
+            f"x{a.scale[0]:g}_{a.scale[1]:g}" if a.scale else f"{a.size[1]}x{a.size[0]}")
+        a.output = str(out_dir / f"astronaut_{tag}.zarr")
+        a.preview = a.preview or str(out_dir / f"astronaut_{tag}.preview.png")
+        if not a.overwrite:
+            a.resume = True  # re-running the demo continues/keeps the existing result
+    if a.output is None:
+        parser.error("--output is required with --input")
+    if a.scale is None and a.size is None:
+        parser.error("give --scale or --size")
+
+    from liif.checkpoint import CheckpointError
+    from pipeline.errors import PipelineError
+    from pipeline.sinks import OutputSpec
+    from pipeline.sources import SourceSpec
+    from pipeline.upscale import DEFAULT_MAX_OUTPUT_PIXELS, UpscaleConfig, run_upscale
+
+    threads = a.threads_per_worker
+    workers, gpus = _default_workers(a.gpus_per_worker, threads)
+    if a.workers is not None:
+        workers = a.workers
+    if threads is None and not gpus:
+        threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    try:
+        cfg = UpscaleConfig(
+            source=SourceSpec(a.input, array_path=a.array_path, layout=a.layout,
+                              storage_options=a.storage_options, bands=a.bands),
+            output=OutputSpec(a.output, a.output_storage_options),
+            scale=a.scale, size=a.size, model=a.model, tile=a.tile, chunk=a.chunk, shard=a.shard,
+            value_range=tuple(a.value_range) if a.value_range else None, precision=a.precision,
+            executor=a.executor, workers=workers, gpus_per_worker=gpus,
+            threads_per_worker=threads, ray_address=a.address, overwrite=a.overwrite,
+            resume=a.resume, max_output_pixels=a.max_output_pixels or DEFAULT_MAX_OUTPUT_PIXELS,
+            cog=a.cog, preview=a.preview, progress=not a.no_progress)
+        summary = run_upscale(cfg)
+    except (PipelineError, CheckpointError, FileNotFoundError, ValueError, TypeError) as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    text = json.dumps(summary)
+    print(text)
+    if a.summary:
+        Path(a.summary).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""The fast LIIF query path.
+
+What makes it fast, relative to :func:`liif.liif.query_reference`:
+
+* The first MLP layer is hoisted out of the per-query work. With feature unfolding its feature part
+  is ``W1[:, :9C] @ unfold(feat)``, i.e. a 3x3 convolution of the latent grid; it is computed once
+  per image (``first_layer``) and each query gathers one hidden vector per ensemble branch, then
+  adds the rank-2 terms of the relative coordinate and the cell.
+* The four ensemble branches go through the remaining MLP layers as one batched call.
+* Latent indices and relative coordinates are computed in float64 in the *global* latent-index frame
+  (:mod:`liif.coords`), so a tile decoded from a window of the latent grid gives the same numbers as
+  the whole image: that is what makes tiled inference exact.
+* Optional bf16/fp16 for the MLP (``precision=``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from liif.coords import axis_positions
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_BRANCHES_ENSEMBLE = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+
+
+def _dtype_for(precision: str) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {sorted(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+def first_layer(model, feat: torch.Tensor) -> torch.Tensor:
+    """The feature part of the first MLP layer for every latent: ``(B, C, h, w)`` -> ``(B, h, w, D)``.
+
+    Includes the first layer's bias. Zero padding at the border equals the paper's zero-padded
+    unfold; at a tile's inner edge the halo keeps the padding out of the decoded region.
+    """
+    lin = model.imnet.linears[0]
+    C = feat.shape[1]
+    wf = lin.weight[:, : model.feat_dim].to(feat.dtype)
+    if model.feat_unfold:
+        z = F.conv2d(feat, wf.reshape(-1, C, 3, 3), lin.bias.to(feat.dtype), padding=1)
+    else:
+        z = F.conv2d(feat, wf.reshape(-1, C, 1, 1), lin.bias.to(feat.dtype))
+    return z.permute(0, 2, 3, 1).contiguous()
+
+
+def axis_branch(u: torch.Tensor, shift: int, n: int, ensemble: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest latent index and relative coordinate along one axis (global frame, float64).
+
+    Mirrors the paper: shift the query by ``shift`` half-cells plus 1e-6 (in [-1, 1] units), clamp
+    to ``[-1 + 1e-6, 1 - 1e-6]``, take the nearest latent (round half to even, as grid_sample),
+    and return ``rel = (query - latent) * n`` in [-1, 1] units, i.e. ``2 * (u - i)``.
+    """
+    eps = 1e-6 * n / 2  # 1e-6 in [-1, 1] units, expressed in latent units
+    us = u + (shift * 0.5 + eps if ensemble else 0.0)
+    us = us.clamp(eps - 0.5, n - 0.5 - eps)
+    idx = torch.round(us).clamp_(0, n - 1).to(torch.long)
+    return idx, 2.0 * (u - idx.to(u.dtype))
+
+
+def _tail(model, hidden: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """ReLU then the MLP's remaining layers; ``(..., D)`` -> ``(..., out)`` in float32."""
+    lins = model.imnet.linears
+    x = torch.relu(hidden.to(dtype))
+    for i, lin in enumerate(lins[1:]):
+        x = F.linear(x, lin.weight.to(dtype), lin.bias.to(dtype))
+        if i < len(lins) - 2:
+            x = torch.relu(x)
+    return x.float()
+
+
+def _coord_weights(model, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    w = model.imnet.linears[0].weight
+    f = model.feat_dim
+    w_rel = w[:, f:f + 2].to(device=device, dtype=dtype)
+    w_cell = w[:, f + 2:f + 4].to(device=device, dtype=dtype) if model.cell_decode else None
+    return w_rel, w_cell
+
+
+def _rank2(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``v @ w.T`` for ``v (..., 2)`` as two broadcast products: stays fp32 under autocast."""
+    return v[..., :1] * w[:, 0] + v[..., 1:] * w[:, 1]
+
+
+def query_points(model, feat: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor | None, *,
+                 precision: str = "fp32") -> torch.Tensor:
+    """Fast equivalent of ``query_reference`` for arbitrary points.
+
+    feat ``(B, C, h, w)``, coord ``(B, Q, 2)`` in [-1, 1], cell ``(B, Q, 2)`` -> ``(B, Q, out)``.
+    Differentiable (used by training).
+    """
+    if model.cell_decode and cell is None:
+        raise ValueError("this model decodes cells (cell_decode=True): pass cell (B, Q, 2)")
+    dtype = _dtype_for(precision)
+    B, _, h, w = feat.shape
+    z = first_layer(model, feat).reshape(B, h * w, -1)
+    c64 = coord.to(torch.float64)
+    uy = (c64[..., 0] + 1) * h / 2 - 0.5
+    ux = (c64[..., 1] + 1) * w / 2 - 0.5
+    w_rel, w_cell = _coord_weights(model, feat.dtype, feat.device)
+    const = 0.0
+    if model.cell_decode:
+        rel_cell = cell * torch.tensor([h, w], dtype=cell.dtype, device=cell.device)
+        const = _rank2(rel_cell.to(feat.dtype), w_cell)  # (B, Q, D)
+    shifts = _BRANCHES_ENSEMBLE if model.local_ensemble else ((0, 0),)
+    hiddens, areas = [], []
+    for sy, sx in shifts:
+        iy, ry = axis_branch(uy, sy, h, model.local_ensemble)
+        ix, rx = axis_branch(ux, sx, w, model.local_ensemble)
+        flat = (iy * w + ix).unsqueeze(-1).expand(-1, -1, z.shape[-1])
+        rel = torch.stack([ry, rx], dim=-1).to(feat.dtype)
+        hiddens.append(torch.gather(z, 1, flat) + _rank2(rel, w_rel) + const)
+        areas.append((ry * rx).abs().to(feat.dtype) + 1e-9)
+    preds = _tail(model, torch.stack(hiddens), dtype)  # one batched MLP call for all branches
+    return _combine(preds, areas, model.local_ensemble)
+
+
+def _combine(preds: torch.Tensor, areas: list[torch.Tensor], ensemble: bool) -> torch.Tensor:
+    """Area-weighted sum of branch predictions ``(K, ..., out)``; diagonal swap of the areas."""
+    if not ensemble:
+        return preds[0]
+    areas = areas[::-1]
+    total = areas[0] + areas[1] + areas[2] + areas[3]
+    out = preds[0] * (areas[0] / total).unsqueeze(-1)
+    for k in range(1, 4):
+        out = out + preds[k] * (areas[k] / total).unsqueeze(-1)
+    return out
+
+
+def render(model, z: torch.Tensor, *, in_shape: tuple[int, int], out_shape: tuple[int, int],
+           rows: tuple[int, int], cols: tuple[int, int], offset: tuple[int, int] = (0, 0),
+           precision: str = "fp32") -> torch.Tensor:
+    """Decode a rectangle of the output grid from a (window of the) first-layer map.
+
+    z ``(B, hz, wz, D)`` from :func:`first_layer` on the features of input rows
+    ``[offset[0], offset[0] + hz)`` and columns ``[offset[1], offset[1] + wz)`` of an image of
+    ``in_shape`` ``(h, w)``; decodes output pixels ``rows x cols`` (half-open, global indices) of an
+    output of ``out_shape`` ``(H, W)``. Returns ``(B, out, len(rows), len(cols))`` (model range).
+    Raises ``IndexError`` if a needed latent lies outside the window (halo too small).
+    """
+    dtype = _dtype_for(precision)
+    B, hz, wz, D = z.shape
+    (h, w), (H, W) = in_shape, out_shape
+    uy = axis_positions(h, H, rows[0], rows[1], device=z.device)
+    ux = axis_positions(w, W, cols[0], cols[1], device=z.device)
+    w_rel, w_cell = _coord_weights(model, z.dtype, z.device)
+    const = torch.zeros(D, dtype=z.dtype, device=z.device)
+    if model.cell_decode:
+        rel_cell = torch.tensor([2.0 * h / H, 2.0 * w / W], dtype=z.dtype, device=z.device)
+        const = _rank2(rel_cell, w_cell)
+    shifts = _BRANCHES_ENSEMBLE if model.local_ensemble else ((0, 0),)
+    hiddens, areas = [], []
+    for sy, sx in shifts:
+        iy, ry = axis_branch(uy, sy, h, model.local_ensemble)
+        ix, rx = axis_branch(ux, sx, w, model.local_ensemble)
+        iy, ix = iy - offset[0], ix - offset[1]
+        if len(iy) and (iy.min() < 0 or iy.max() >= hz or ix.min() < 0 or ix.max() >= wz):
+            raise IndexError(
+                f"latent rows {int(iy.min()) + offset[0]}..{int(iy.max()) + offset[0]} / cols "
+                f"{int(ix.min()) + offset[1]}..{int(ix.max()) + offset[1]} fall outside the window "
+                f"rows {offset[0]}..{offset[0] + hz - 1}, cols {offset[1]}..{offset[1] + wz - 1}")
+        g = z.index_select(1, iy).index_select(2, ix)  # (B, nr, nc, D)
+        row_term = ry.to(z.dtype)[:, None] * w_rel[:, 0]  # (nr, D)
+        col_term = rx.to(z.dtype)[:, None] * w_rel[:, 1]  # (nc, D)
+        hiddens.append(g + (row_term + const)[None, :, None, :] + col_term[None, None, :, :])
+        areas.append((ry[:, None] * rx[None, :]).abs().to(z.dtype) + 1e-9)
+    preds = _tail(model, torch.stack(hiddens), dtype)  # (K, B, nr, nc, out)
+    out = _combine(preds, [a[None, :, :] for a in areas], model.local_ensemble)
+    return out.permute(0, 3, 1, 2)

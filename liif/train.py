@@ -1,0 +1,215 @@
+"""Single-process LIIF training: one step function, one loop (no Ray; Ray Train reuses the step).
+
+The paper's recipe by default: 48x48 LR patches, s ~ U(1, 4), 2304 sampled HR pixels per patch,
+L1 loss on normalised RGB, Adam 1e-4 halved at 20/40/60/80 % of training, batch 16.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from liif.checkpoint import build_model, load_checkpoint, save_checkpoint
+from liif.data import ImageFolderSampler, SamplerConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; saved inside each checkpoint's metadata."""
+
+    data: tuple[str, ...] = ()
+    out_dir: str = "runs/liif"
+    encoder: str = "edsr-baseline"
+    model_args: dict = field(default_factory=dict)  # LIIF switches: local_ensemble, ...
+    steps: int = 1000
+    batch_size: int = 16
+    inp_size: int = 48
+    scale_min: float = 1.0
+    scale_max: float = 4.0
+    sample_q: int = 2304
+    lr: float = 1e-4
+    milestones: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # fractions of `steps`
+    gamma: float = 0.5
+    grad_clip: float | None = None
+    seed: int = 0
+    save_every: int = 200
+    log_every: int = 20
+    threads: int | None = None
+    init: str | None = None  # start from these weights (fine-tuning)
+    amp: str | None = None  # "bf16" (CPU/GPU) or "fp16" (GPU) autocast; None = fp32
+
+    def __post_init__(self) -> None:
+        for k in ("steps", "batch_size", "save_every", "log_every"):
+            if getattr(self, k) <= 0:
+                raise ValueError(f"{k} must be positive, got {getattr(self, k)!r}")
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp {self.amp!r} is not one of None, 'bf16', 'fp16'")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}; known: {sorted(known)}")
+        d = dict(d)
+        for k in ("data", "milestones"):
+            if k in d and d[k] is not None:
+                d[k] = tuple(d[k]) if not isinstance(d[k], str) else (d[k],)
+        return cls(**d)
+
+    def sampler_config(self) -> SamplerConfig:
+        return SamplerConfig(self.inp_size, self.scale_min, self.scale_max, self.sample_q)
+
+
+def make_model(cfg: TrainConfig) -> nn.Module:
+    spec = {"name": "liif", "args": {"encoder_spec": {"name": cfg.encoder,
+                                                      "args": {"no_upsampling": True}},
+                                     **cfg.model_args}}
+    return build_model(spec)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    milestones = sorted({max(1, int(round(f * cfg.steps))) for f in cfg.milestones})
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=cfg.gamma)
+    return opt, sched
+
+
+def train_step(model: nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+               *, grad_clip: float | None = None, amp_dtype: torch.dtype | None = None,
+               scaler: Any = None) -> float:
+    """One optimisation step on a batch from :class:`ImageFolderSampler` (any device).
+
+    batch: inp ``(B, 3, 48, 48)`` in [0, 1], coord/cell ``(B, Q, 2)``, gt ``(B, Q, 3)`` in [0, 1].
+    Returns the L1 loss (normalised space, as the paper).
+    """
+    model.train()
+    device = next(model.parameters()).device
+    inp = ((batch["inp"].to(device) - 0.5) / 0.5)
+    gt = ((batch["gt"].to(device) - 0.5) / 0.5)
+    coord, cell = batch["coord"].to(device), batch["cell"].to(device)
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        pred = model(inp, coord, cell)
+        loss = torch.nn.functional.l1_loss(pred.float(), gt)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return float(loss.detach())
+
+
+def _state_paths(out_dir: Path) -> tuple[Path, Path]:
+    return out_dir / "last.safetensors", out_dir / "last-trainer.pt"
+
+
+def save_training_state(out_dir: Path, model: nn.Module, opt, sched, step: int,
+                        cfg: TrainConfig, rng: np.random.Generator, extra: dict | None = None) -> Path:
+    """Weights (our format) + optimizer/scheduler/rng state for an exact resume."""
+    wpath, spath = _state_paths(out_dir)
+    training = {"step": step, "config": asdict(cfg), **(extra or {})}
+    save_checkpoint(model, wpath, training=training)
+    state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state()}
+    tmp = spath.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(spath)
+    return wpath
+
+
+def load_training_state(out_dir: Path, model: nn.Module, opt, sched,
+                        rng: np.random.Generator) -> int:
+    """Restore the latest state saved by :func:`save_training_state`; returns its step (0 if none)."""
+    wpath, spath = _state_paths(out_dir)
+    if not (wpath.exists() and spath.exists()):
+        return 0
+    model.load_state_dict(load_checkpoint(wpath).state_dict())
+    state = torch.load(spath, map_location="cpu", weights_only=True)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    rng.bit_generator.state = json.loads(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
+
+
+def train(cfg: TrainConfig, *, sampler: ImageFolderSampler | None = None,
+          validate: Callable[[nn.Module], dict[str, float]] | None = None,
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or resume) in ``cfg.out_dir``; returns a summary with the final checkpoint path."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model = make_model(cfg)
+    if cfg.init:
+        model.load_state_dict(load_checkpoint(cfg.init).state_dict())
+    opt, sched = make_optimizer(model, cfg)
+    step = load_training_state(out_dir, model, opt, sched, rng)
+    if step:
+        log(f"resumed from {out_dir} at step {step}")
+    sampler = sampler or ImageFolderSampler(cfg.data, cfg.sampler_config())
+    metrics_path = out_dir / "metrics.csv"
+    if not metrics_path.exists():
+        metrics_path.write_text("step,loss,lr,seconds,samples_per_s\n")
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[cfg.amp]
+    t0, losses, t_last = time.time(), [], time.time()
+    while step < cfg.steps:
+        batch = sampler.batch(cfg.batch_size, rng)
+        losses.append(train_step(model, batch, opt, grad_clip=cfg.grad_clip, amp_dtype=amp))
+        sched.step()
+        step += 1
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            dt = time.time() - t_last
+            t_last = time.time()
+            n = len(losses)
+            loss = sum(losses) / max(1, n)
+            lr = opt.param_groups[0]["lr"]
+            with open(metrics_path, "a") as f:
+                f.write(f"{step},{loss:.6f},{lr:.3g},{time.time() - t0:.1f},"
+                        f"{n * cfg.batch_size / max(dt, 1e-9):.2f}\n")
+            log(f"step {step}/{cfg.steps} loss {loss:.4f} lr {lr:.2e} "
+                f"{n * cfg.batch_size / max(dt, 1e-9):.1f} samples/s")
+            losses = []
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            extra = {}
+            if validate is not None:
+                extra["val"] = validate(model)
+                log(f"step {step} validation {extra['val']}")
+            save_training_state(out_dir, model, opt, sched, step, cfg, rng, extra)
+    wpath, _ = _state_paths(out_dir)
+    return {"checkpoint": str(wpath), "steps": step, "seconds": round(time.time() - t0, 1),
+            "loss_last": (sum(losses) / len(losses)) if losses else None}
+
+
+def psnr_model_on(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, float]]) -> float:
+    """Mean benchmark Y-PSNR of ``model`` over (lr, hr, scale) pairs (for quick validation)."""
+    from liif.infer import upscale
+    from liif.metrics import psnr
+
+    model.eval()
+    vals = [psnr(upscale(model, lr, size=tuple(hr.shape[-2:])), hr, scale=s, dataset="benchmark")
+            for lr, hr, s in pairs]
+    model.train()
+    finite = [v for v in vals if math.isfinite(v)]
+    return float(sum(finite) / max(1, len(finite)))

@@ -1,0 +1,150 @@
+"""Record of finished output tiles, for resuming an interrupted job.
+
+Zarr does not write chunks equal to the fill value, so "chunk exists" does not mean "tile done".
+Each worker instead records a tile *after* all of its chunks are written, as one small JSON object
+``<uri>/_manifest/<tile_key>.json``::
+
+    {"key": "r0003_c0012", "out_window": [[r0, r1], [c0, c1]], "seconds": 1.84,
+     "worker": "host:pid", "finished_at": "2025-01-31T12:00:00.123456+00:00"}
+
+One object per tile means no two workers ever write the same object, on any filesystem. On local
+disks a record is written to a hidden temporary name and renamed into place, so a reader never
+sees a half-written record; object stores (S3, GCS, ...) make a single PUT visible atomically.
+
+``_manifest`` sits inside the output's Zarr group; :mod:`pipeline.sinks` makes it an empty Zarr
+subgroup (``_manifest/zarr.json``) so that listing the output group stays warning-free. Records
+are not Zarr nodes; ``zarr.json`` there is never treated as a record.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+__all__ = ["MANIFEST_DIR", "TileManifest"]
+
+MANIFEST_DIR = "_manifest"
+_KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
+_RESERVED = frozenset({"zarr"})  # would collide with the subgroup's zarr.json
+
+
+def _check_key(key: str) -> str:
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key) or key in _RESERVED:
+        raise ValueError(
+            f"invalid tile key {key!r}: use 1-200 characters from A-Z a-z 0-9 _ . -, not starting "
+            f"with '.' or '-', and not {sorted(_RESERVED)}"
+        )
+    return key
+
+
+class TileManifest:
+    """Done-tile records stored under ``<uri>/_manifest/`` (uri: local path or fsspec URL).
+
+    Picklable: only ``uri`` and ``storage_options`` travel; the filesystem is made on first use.
+    """
+
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.uri = uri
+        self.storage_options = dict(storage_options or {})
+        self._fs: fsspec.AbstractFileSystem | None = None
+        self._dir: str | None = None
+
+    def __repr__(self) -> str:
+        return f"TileManifest({self.uri!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"uri": self.uri, "storage_options": self.storage_options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["uri"], state["storage_options"])  # type: ignore[misc]
+
+    @property
+    def _fs_dir(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        if self._fs is None or self._dir is None:
+            fs, root = fsspec.core.url_to_fs(self.uri, **self.storage_options)
+            self._fs, self._dir = fs, root.rstrip("/") + "/" + MANIFEST_DIR
+        return self._fs, self._dir
+
+    def _path(self, key: str) -> str:
+        return f"{self._fs_dir[1]}/{_check_key(key)}.json"
+
+    def mark_done(self, key: str, record: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Record tile ``key`` as finished; call only after all its chunks are written.
+
+        ``record`` supplies ``out_window``, ``seconds``, ``worker`` (and any extra JSON keys);
+        ``key`` is set and ``finished_at`` (UTC, ISO 8601) added when absent. Returns the stored
+        record. Marking a key again replaces its record.
+        """
+        rec: dict[str, Any] = dict(record or {})
+        if "key" in rec and rec["key"] != key:
+            raise ValueError(f"record['key'] is {rec['key']!r} but the tile key is {key!r}")
+        rec["key"] = key
+        rec.setdefault("finished_at", _dt.datetime.now(_dt.UTC).isoformat())
+        try:
+            payload = json.dumps(rec, sort_keys=True, allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"manifest record for {key!r} is not plain JSON: {exc}") from exc
+        fs, directory = self._fs_dir
+        path = self._path(key)
+        if isinstance(fs, LocalFileSystem):
+            os.makedirs(directory, exist_ok=True)
+            tmp = f"{directory}/.{key}.{uuid.uuid4().hex}.tmp"
+            with open(tmp, "wb") as fh:
+                fh.write(payload)
+            os.replace(tmp, path)
+        else:
+            fs.pipe_file(path, payload)
+            fs.invalidate_cache(directory)
+        return rec
+
+    def is_done(self, key: str) -> bool:
+        """Whether tile ``key`` has a record."""
+        fs, directory = self._fs_dir
+        path = self._path(key)
+        fs.invalidate_cache(directory)
+        return bool(fs.exists(path))
+
+    def record(self, key: str) -> dict[str, Any] | None:
+        """The stored record of tile ``key``, or None when it has none."""
+        fs, _ = self._fs_dir
+        try:
+            return json.loads(fs.cat_file(self._path(key)))
+        except FileNotFoundError:
+            return None
+
+    def done_keys(self) -> set[str]:
+        """Keys of all finished tiles, from one directory listing (empty if none yet)."""
+        fs, directory = self._fs_dir
+        fs.invalidate_cache(directory)
+        try:
+            names = fs.ls(directory, detail=False)
+        except FileNotFoundError:
+            return set()
+        keys = set()
+        for name in names:
+            base = name.rstrip("/").rsplit("/", 1)[-1]
+            if base.endswith(".json") and not base.startswith("."):
+                key = base[: -len(".json")]
+                if key not in _RESERVED:
+                    keys.add(key)
+        return keys
+
+    def clear(self) -> None:
+        """Delete every record and stale temporary file (keeps ``_manifest/zarr.json``)."""
+        fs, directory = self._fs_dir
+        fs.invalidate_cache(directory)
+        try:
+            names = fs.ls(directory, detail=False)
+        except FileNotFoundError:
+            return
+        doomed = [n for n in names if n.rstrip("/").rsplit("/", 1)[-1] != "zarr.json"]
+        if doomed:
+            fs.rm(doomed, recursive=True)
+        fs.invalidate_cache(directory)

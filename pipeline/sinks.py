@@ -1,0 +1,740 @@
+"""Output stores: a Zarr v3 group written concurrently by tiles, plus GeoTIFF/COG and PNG exports.
+
+Output layout (``uri``: a local path or an fsspec URL such as ``file://``, ``memory://``,
+``s3://``)::
+
+    <uri>/                    Zarr v3 group (attributes: {"created_by": "liif-pipeline 0.1.0"})
+      zarr.json
+      image/                  Zarr v3 array, shape (C, H, W), dimension names (band, y, x)
+        zarr.json             attributes: see below
+        c/<b>/<i>/<j>         chunks (C, ch, cw): every band of a pixel lives in the same chunk;
+                              with sharding, shards (C, sh, sw) hold (sh/ch) x (sw/cw) chunks
+      _manifest/              empty Zarr subgroup holding one JSON record per finished tile
+        zarr.json
+        <tile_key>.json       see pipeline.manifest
+
+Attributes of ``image`` (given by the caller, JSON): ``scale`` [sy, sx], ``out_shape``,
+``in_shape``, ``model`` (spec dict + ``weights_sha256``), ``source_uri``, ``crs`` (WKT or None),
+``transform`` (6 numbers of the *output* raster, or None), ``value_range``, ``nodata``, ``job``
+(fingerprint of the job settings, compared on resume). The sink adds ``created_by`` and, when
+present, GeoZarr-style copies ``proj:wkt2`` (= crs) and ``spatial:transform`` (= transform).
+
+Concurrency rule (zarr-python #3682): writers never share a chunk, or a shard when sharded.
+:meth:`ZarrOutput.write` enforces it: a write must start on the write grid (the shard grid when
+sharded, else the chunk grid) and end on it or at the array edge. Chunks equal to the fill value
+are not stored, so resume uses the tile manifest, never chunk existence.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import posixpath
+import tempfile
+import uuid
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import zarr
+from zarr.storage import FsspecStore, LocalStore
+
+from pipeline.errors import (
+    ConfigError,
+    InputNotFoundError,
+    OutputExistsError,
+    OutputNotWritableError,
+    UnsupportedDtypeError,
+)
+from pipeline.georef import as_transform
+from pipeline.manifest import MANIFEST_DIR, TileManifest
+
+__all__ = [
+    "ARRAY_NAME",
+    "CREATED_BY",
+    "MAX_PNG_PIXELS",
+    "OutputSpec",
+    "ZarrOutput",
+    "create_zarr_output",
+    "export_geotiff",
+    "open_zarr_output",
+    "output_exists",
+    "write_png",
+    "write_preview_png",
+]
+
+ARRAY_NAME = "image"
+CREATED_BY = "liif-pipeline 0.1.0"
+MAX_PNG_PIXELS = 100_000_000
+_DTYPE_KINDS = "uif"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Where an output lives: a local path or an fsspec URL, plus fsspec storage options."""
+
+    uri: str
+    storage_options: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.uri, str) or not self.uri.strip():
+            raise ConfigError(f"output uri must be a non-empty string, got {self.uri!r}")
+        if self.storage_options is not None and not isinstance(self.storage_options, dict):
+            raise ConfigError(
+                f"storage_options must be a dict or None, got {type(self.storage_options).__name__}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# locations
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _normalise_uri(uri: str) -> str:
+    """Local paths become absolute (Ray workers may run in another directory); URLs unchanged."""
+    if _is_local(uri):
+        path = uri[len("file://") :] if uri.startswith("file://") else uri
+        return os.path.abspath(os.path.expanduser(path))
+    return uri.rstrip("/")
+
+
+def _store(uri: str, storage_options: dict[str, Any], read_only: bool) -> zarr.abc.store.Store:
+    if _is_local(uri):
+        return LocalStore(uri, read_only=read_only)
+    return FsspecStore.from_url(uri, storage_options=storage_options, read_only=read_only)
+
+
+def _fs(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options if not _is_local(uri) else {}))
+    return fs, path.rstrip("/")
+
+
+def _exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """Something is at ``path``: a file, or a directory/prefix that is not empty."""
+    fs.invalidate_cache(path)
+    if not fs.exists(path):
+        return False
+    if fs.isfile(path):
+        return True
+    return bool(fs.ls(path, detail=False))
+
+
+def output_exists(spec: OutputSpec) -> bool:
+    """Whether anything (a Zarr output or any other file or non-empty directory) is at the uri."""
+    uri = _normalise_uri(spec.uri)
+    fs, path = _fs(uri, dict(spec.storage_options or {}))
+    return _exists(fs, path)
+
+
+def _check_local_writable(path: str) -> None:
+    """Raise OutputNotWritableError unless ``path`` could be created as a directory."""
+    probe = path
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if probe != path and not os.path.isdir(probe):
+        raise OutputNotWritableError(
+            f"cannot create output {path!r}: {probe!r} exists and is not a directory"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputNotWritableError(
+            f"cannot create output {path!r}: directory {probe!r} is not writable"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def _positive_ints(name: str, value: Any, n: int) -> tuple[int, ...]:
+    try:
+        items = tuple(value)
+    except TypeError:
+        items = ()
+    ok = len(items) == n and all(
+        isinstance(v, int | np.integer) and not isinstance(v, bool) and v > 0 for v in items
+    )
+    if not ok:
+        raise ConfigError(f"{name} must be {n} positive integers, got {value!r}")
+    return tuple(int(v) for v in items)
+
+
+def _check_fill(value: Any, dtype: np.dtype) -> int | float:
+    """``value`` as a Python number exactly representable in ``dtype``."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ConfigError(f"fill_value must be a number, got {value!r}")
+    if dtype.kind == "f":
+        return float(value)
+    info = np.iinfo(dtype)
+    if not (math.isfinite(value) and float(value).is_integer() and info.min <= value <= info.max):
+        raise ConfigError(
+            f"fill_value {value!r} does not fit dtype {dtype}: use an integer in "
+            f"[{info.min}, {info.max}]"
+        )
+    return int(value)
+
+
+def _jsonable(value: Any, where: str) -> Any:
+    """Plain JSON types from numpy scalars/arrays, tuples and nested dicts."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist(), where)
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    raise ConfigError(
+        f"attribute {where} = {value!r} ({type(value).__name__}) is not JSON; use numbers, "
+        "strings, booleans, None, lists or dicts"
+    )
+
+
+def _prepare_attrs(attrs: dict[str, Any] | None) -> dict[str, Any]:
+    out = _jsonable(dict(attrs or {}), "attrs")
+    out["created_by"] = CREATED_BY
+    if out.get("transform") is not None:
+        try:
+            out["transform"] = list(as_transform(out["transform"]))
+        except ValueError as exc:
+            raise ConfigError(f"attrs['transform']: {exc}") from exc
+        out["spatial:transform"] = out["transform"]
+    if out.get("crs") is not None:
+        if not isinstance(out["crs"], str):
+            raise ConfigError(f"attrs['crs'] must be a WKT string or None, got {out['crs']!r}")
+        out["proj:wkt2"] = out["crs"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the Zarr output
+
+
+class ZarrOutput:
+    """Picklable handle on ``<uri>/image``; each process reopens the array on first use.
+
+    ``chunks`` and ``shards`` are the spatial sizes (ch, cw) and (sh, sw) | None; every chunk and
+    shard holds all C bands.
+    """
+
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.uri = _normalise_uri(uri)
+        self.storage_options = dict(storage_options or {})
+        self._arrays: dict[bool, zarr.Array] = {}
+
+    def __repr__(self) -> str:
+        return f"ZarrOutput({self.uri!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"uri": self.uri, "storage_options": self.storage_options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["uri"], state["storage_options"])  # type: ignore[misc]
+
+    def _array(self, writable: bool = False) -> zarr.Array:
+        arr = self._arrays.get(writable)
+        if arr is None:
+            store = _store(self.uri, self.storage_options, read_only=not writable)
+            try:
+                arr = zarr.open_array(store, path=ARRAY_NAME, mode="r+" if writable else "r")
+            except FileNotFoundError as exc:
+                raise InputNotFoundError(
+                    f"no Zarr output at {self.uri!r} (expected an array '{ARRAY_NAME}')"
+                ) from exc
+            self._arrays[writable] = arr
+        return arr
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W)."""
+        return tuple(self._array().shape)  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self._array().dtype)
+
+    @property
+    def chunks(self) -> tuple[int, int]:
+        """Spatial chunk size (ch, cw)."""
+        return tuple(self._array().chunks[1:])  # type: ignore[return-value]
+
+    @property
+    def shards(self) -> tuple[int, int] | None:
+        """Spatial shard size (sh, sw), or None when not sharded."""
+        shards = self._array().shards
+        return None if shards is None else tuple(shards[1:])  # type: ignore[return-value]
+
+    @property
+    def write_grid(self) -> tuple[int, int]:
+        """The grid every write must align to: shards when sharded, else chunks."""
+        return self.shards or self.chunks
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self._array().attrs)
+
+    @property
+    def manifest(self) -> TileManifest:
+        """The done-tile record stored in this output's group."""
+        return TileManifest(self.uri, self.storage_options)
+
+    def _window(self, rows: Sequence[int], cols: Sequence[int]) -> tuple[int, int, int, int]:
+        _, h, w = self.shape
+        (r0, r1), (c0, c1) = rows, cols
+        for name, lo, hi, size in (("rows", r0, r1, h), ("cols", c0, c1, w)):
+            if not (0 <= lo < hi <= size):
+                raise ValueError(
+                    f"{name} ({lo}, {hi}) out of range: need 0 <= start < end <= {size}"
+                )
+        return int(r0), int(r1), int(c0), int(c1)
+
+    def write(self, rows: Sequence[int], cols: Sequence[int], data: np.ndarray) -> None:
+        """Write ``data`` (C, r1 - r0, c1 - c0) at rows [r0, r1), cols [c0, c1).
+
+        The window must cover whole chunks (whole shards when sharded): start on the grid and end
+        on it or at the array edge. Float data may be narrowed to a float array dtype; any other
+        dtype must cast safely (quantise before writing).
+        """
+        r0, r1, c0, c1 = self._window(rows, cols)
+        c, h, w = self.shape
+        gh, gw = self.write_grid
+        grid = "shard" if self.shards else "chunk"
+        for name, lo, hi, step, size in (("rows", r0, r1, gh, h), ("cols", c0, c1, gw, w)):
+            if lo % step or (hi % step and hi != size):
+                raise ValueError(
+                    f"{name} ({lo}, {hi}) are not aligned to the {grid} grid of {step}: start "
+                    f"must be a multiple of {step} and end a multiple of {step} or {size} (the "
+                    "array edge), so that no two writers share a " + grid
+                )
+        data = np.asarray(data)
+        if data.shape != (c, r1 - r0, c1 - c0):
+            expected = (c, r1 - r0, c1 - c0)
+            raise ValueError(f"data shape {data.shape} does not match the window: need {expected}")
+        target = self.dtype
+        narrowing_float = data.dtype.kind == "f" and target.kind == "f"
+        if not (narrowing_float or np.can_cast(data.dtype, target, casting="safe")):
+            raise ValueError(
+                f"data dtype {data.dtype} cannot be stored safely as {target}; quantise first"
+            )
+        self._array(writable=True)[:, r0:r1, c0:c1] = data
+
+    def read(self, rows: Sequence[int], cols: Sequence[int]) -> np.ndarray:
+        """Read rows [r0, r1), cols [c0, c1) as (C, r1 - r0, c1 - c0); any window in range."""
+        r0, r1, c0, c1 = self._window(rows, cols)
+        return np.asarray(self._array()[:, r0:r1, c0:c1])
+
+
+def _job_diff(old: Any, new: Any) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return [] if old == new else ["<whole fingerprint>"]
+
+
+def _open_for_resume(
+    uri: str,
+    storage_options: dict[str, Any],
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    chunks: tuple[int, ...],
+    shards: tuple[int, ...] | None,
+    job: Any,
+) -> ZarrOutput:
+    out = ZarrOutput(uri, storage_options)
+    try:
+        out.shape  # noqa: B018 - opens the array
+    except (InputNotFoundError, zarr.errors.NodeTypeValidationError) as exc:
+        raise ConfigError(
+            f"cannot resume {uri!r}: it exists but is not a liif-pipeline Zarr output "
+            f"(no '{ARRAY_NAME}' array); choose another output or pass --overwrite"
+        ) from exc
+    problems = []
+    for name, have, want in (
+        ("shape", out.shape, shape),
+        ("dtype", out.dtype, dtype),
+        ("chunks", out.chunks, chunks),
+        ("shards", out.shards, shards),
+    ):
+        if have != want:
+            problems.append(f"{name} is {have} but the job needs {want}")
+    diff = _job_diff(out.attrs.get("job"), job)
+    if diff:
+        problems.append(f"job fingerprint differs in {diff}")
+    if problems:
+        raise ConfigError(
+            f"cannot resume {uri!r}: "
+            + "; ".join(problems)
+            + " (rerun with the original settings, or pass --overwrite to start over)"
+        )
+    return out
+
+
+def create_zarr_output(
+    spec: OutputSpec,
+    *,
+    shape: Sequence[int],
+    dtype: Any,
+    chunks: Sequence[int],
+    shards: Sequence[int] | None = None,
+    fill_value: int | float = 0,
+    attrs: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> ZarrOutput:
+    """Create (or, with ``resume``, reopen) the output group with array ``image`` (C, H, W).
+
+    ``chunks`` (ch, cw) and ``shards`` (sh, sw) are spatial; sh, sw must be multiples of ch, cw.
+    An existing output raises OutputExistsError unless ``overwrite`` (delete and recreate) or
+    ``resume`` (reopen; shape, dtype, chunks, shards and ``attrs["job"]`` must match, else
+    ConfigError). Nothing is written before these checks pass.
+    """
+    if overwrite and resume:
+        raise ConfigError("overwrite and resume are mutually exclusive: pass at most one")
+    shape3 = _positive_ints("shape (C, H, W)", shape, 3)
+    try:
+        np_dtype = np.dtype(dtype)
+    except TypeError as exc:
+        raise ConfigError(f"dtype {dtype!r} is not a NumPy dtype") from exc
+    if np_dtype.kind not in _DTYPE_KINDS:
+        raise ConfigError(f"dtype {np_dtype} is not allowed: use an integer or float dtype")
+    chunks2 = _positive_ints("chunks (ch, cw)", chunks, 2)
+    shards2 = None if shards is None else _positive_ints("shards (sh, sw)", shards, 2)
+    if shards2 is not None and any(s % c for s, c in zip(shards2, chunks2, strict=True)):
+        raise ConfigError(f"shards {shards2} must be multiples of chunks {chunks2}")
+    fill = _check_fill(fill_value, np_dtype)
+    meta = _prepare_attrs(attrs)
+
+    uri = _normalise_uri(spec.uri)
+    options = dict(spec.storage_options or {})
+    fs, path = _fs(uri, options)
+    exists = _exists(fs, path)
+    if exists and not (overwrite or resume):
+        raise OutputExistsError(
+            f"output {uri!r} already exists; pass --overwrite to replace it or --resume to "
+            "continue an interrupted run"
+        )
+    if exists and resume:
+        return _open_for_resume(uri, options, shape3, np_dtype, chunks2, shards2, meta.get("job"))
+    if exists:  # overwrite
+        if not fs.exists(f"{path}/zarr.json"):
+            raise OutputExistsError(
+                f"refusing to overwrite {uri!r}: it is not a Zarr group (no zarr.json); "
+                "remove it yourself or choose another output"
+            )
+        fs.rm(path, recursive=True)
+        fs.invalidate_cache(path)
+    if _is_local(uri):
+        _check_local_writable(uri)
+
+    n_bands = shape3[0]
+    try:
+        group = zarr.create_group(
+            _store(uri, options, read_only=False), attributes={"created_by": CREATED_BY}
+        )
+        group.create_array(
+            ARRAY_NAME,
+            shape=shape3,
+            dtype=np_dtype,
+            chunks=(n_bands, *chunks2),
+            shards=None if shards2 is None else (n_bands, *shards2),
+            fill_value=fill,
+            attributes=meta,
+            dimension_names=("band", "y", "x"),
+        )
+        group.create_group(
+            MANIFEST_DIR, attributes={"description": "done-tile records (pipeline.manifest)"}
+        )
+    except (PermissionError, NotADirectoryError) as exc:
+        raise OutputNotWritableError(f"cannot write output {uri!r}: {exc}") from exc
+    return ZarrOutput(uri, options)
+
+
+def open_zarr_output(spec: OutputSpec) -> ZarrOutput:
+    """Open an existing output (read or write); InputNotFoundError when there is none."""
+    out = ZarrOutput(spec.uri, spec.storage_options)
+    out.shape  # noqa: B018 - fail now, not in a worker
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# exports
+
+
+def _check_target(path: str, storage_options: dict[str, Any], overwrite: bool) -> None:
+    fs, p = _fs(_normalise_uri(path), storage_options)
+    fs.invalidate_cache(posixpath.dirname(p))
+    if fs.exists(p) and not overwrite:
+        raise OutputExistsError(f"{path!r} already exists; pass overwrite=True to replace it")
+
+
+def _deliver(local_tmp: str, path: str, storage_options: dict[str, Any]) -> None:
+    """Move a finished local temporary file to ``path`` (local rename, or upload for URLs)."""
+    if _is_local(path):
+        os.replace(local_tmp, _normalise_uri(path))
+        return
+    fs, p = _fs(path, storage_options)
+    fs.put_file(local_tmp, p)
+    os.remove(local_tmp)
+
+
+def _local_tmp(path: str, suffix: str) -> str:
+    """A temporary file name next to a local ``path`` (same filesystem), else in $TMPDIR."""
+    if _is_local(path):
+        target = _normalise_uri(path)
+        parent = os.path.dirname(target)
+        if not os.path.isdir(parent):
+            raise OutputNotWritableError(f"cannot write {path!r}: {parent!r} is not a directory")
+        if not os.access(parent, os.W_OK):
+            raise OutputNotWritableError(f"cannot write {path!r}: {parent!r} is not writable")
+        return os.path.join(parent, f".{os.path.basename(target)}.{uuid.uuid4().hex}{suffix}")
+    return os.path.join(tempfile.gettempdir(), f"liif-{uuid.uuid4().hex}{suffix}")
+
+
+def _overview_factors(height: int, width: int, blocksize: int) -> list[int]:
+    """2, 4, 8, ... until the smallest overview fits in one block."""
+    factors, f = [], 2
+    while max(height, width) / (f // 2) > blocksize:
+        factors.append(f)
+        f *= 2
+    return factors
+
+
+def _has_cog_driver() -> bool:
+    import rasterio
+
+    with rasterio.Env() as env:
+        return "COG" in env.drivers()
+
+
+def export_geotiff(
+    output: ZarrOutput,
+    path: str,
+    *,
+    cog: bool = True,
+    compress: str = "deflate",
+    blocksize: int = 512,
+    overviews: bool = True,
+    overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> str:
+    """Stream ``output`` into a tiled, compressed GeoTIFF (a COG when ``cog``) at ``path``.
+
+    ``blocksize`` (tile size) must be a multiple of 16, and at least 128 for a COG. Reads and
+    writes window by window (never the whole array). CRS, transform and nodata come
+    from the array attributes. Overviews (average resampling, factors 2, 4, ... until the
+    smallest fits one block) are built internally. For a COG the tiled GeoTIFF is converted with
+    GDAL's COG driver (or, without it, copied with ``COPY_SRC_OVERVIEWS``). ``path`` is local or an
+    fsspec URL (written locally, then uploaded). Returns ``path``.
+    """
+    import rasterio
+    import rasterio.shutil
+    from rasterio.crs import CRS
+    from rasterio.enums import Resampling
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.transform import Affine
+    from rasterio.windows import Window
+
+    if not isinstance(blocksize, int) or blocksize < 16 or blocksize % 16:
+        raise ConfigError(f"blocksize must be a positive multiple of 16, got {blocksize!r}")
+    if cog and blocksize < 128:
+        raise ConfigError(f"a COG needs blocksize >= 128 (GDAL COG driver), got {blocksize}")
+    options = dict(storage_options or {})
+    _check_target(path, options, overwrite)
+
+    c, h, w = output.shape
+    dtype = output.dtype
+    if dtype == np.float16:
+        dtype = np.dtype(np.float32)  # GDAL has no float16
+    attrs = output.attrs
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": w,
+        "height": h,
+        "count": c,
+        "dtype": dtype.name,
+        "tiled": True,
+        "blockxsize": blocksize,
+        "blockysize": blocksize,
+        "compress": compress,
+        "interleave": "pixel",
+        "BIGTIFF": "IF_SAFER",
+    }
+    if compress.lower() in ("deflate", "lzw", "zstd"):
+        profile["predictor"] = 3 if dtype.kind == "f" else 2
+    if attrs.get("crs"):
+        profile["crs"] = CRS.from_user_input(attrs["crs"])
+    if attrs.get("transform") is not None:
+        profile["transform"] = Affine(*as_transform(attrs["transform"]))
+    if attrs.get("nodata") is not None:
+        profile["nodata"] = attrs["nodata"]
+
+    # Windows span whole GeoTIFF blocks and at least one Zarr chunk in each direction.
+    ch, cw = output.chunks
+    step_r = blocksize * math.ceil(ch / blocksize)
+    step_c = blocksize * math.ceil(cw / blocksize)
+    factors = _overview_factors(h, w, blocksize) if overviews else []
+
+    tiled = _local_tmp(path, ".tif")
+    final = _local_tmp(path, ".cog.tif") if cog else tiled
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(tiled, "w", **profile) as dst:
+                dst.update_tags(created_by=attrs.get("created_by", CREATED_BY))
+                for r0 in range(0, h, step_r):
+                    r1 = min(r0 + step_r, h)
+                    for c0 in range(0, w, step_c):
+                        c1 = min(c0 + step_c, w)
+                        block = output.read((r0, r1), (c0, c1)).astype(dtype, copy=False)
+                        dst.write(block, window=Window(c0, r0, c1 - c0, r1 - r0))
+                if factors:
+                    dst.build_overviews(factors, Resampling.average)
+                    dst.update_tags(ns="rio_overview", resampling="average")
+            if cog:
+                copy_opts: dict[str, Any] = {
+                    "COMPRESS": compress.upper(),
+                    "BIGTIFF": "IF_SAFER",
+                }
+                if "predictor" in profile:
+                    copy_opts["PREDICTOR"] = "YES"
+                if _has_cog_driver():
+                    copy_opts.update(
+                        BLOCKSIZE=blocksize,
+                        OVERVIEWS="FORCE_USE_EXISTING" if factors else "NONE",
+                    )
+                    rasterio.shutil.copy(tiled, final, driver="COG", **copy_opts)
+                else:
+                    copy_opts.update(
+                        TILED="YES",
+                        BLOCKXSIZE=blocksize,
+                        BLOCKYSIZE=blocksize,
+                        COPY_SRC_OVERVIEWS="YES",
+                    )
+                    copy_opts["PREDICTOR"] = profile.get("predictor", 1)
+                    rasterio.shutil.copy(tiled, final, driver="GTiff", **copy_opts)
+        _deliver(final, path, options)
+    finally:
+        for tmp in {tiled, final}:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return path
+
+
+def _write_bytes(path: str, payload: bytes, storage_options: dict[str, Any]) -> None:
+    if _is_local(path):
+        tmp = _local_tmp(path, ".tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(payload)
+            os.replace(tmp, _normalise_uri(path))
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    else:
+        fs, p = _fs(path, storage_options)
+        fs.pipe_file(p, payload)
+
+
+def write_png(
+    array: np.ndarray,
+    path: str,
+    overwrite: bool = False,
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> str:
+    """Write a small (C, H, W) uint8/uint16 array (C = 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA).
+
+    Refuses images above ``MAX_PNG_PIXELS`` (export a GeoTIFF or a preview instead). Returns
+    ``path``.
+    """
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.io import MemoryFile
+
+    array = np.asarray(array)
+    if array.ndim != 3 or not 1 <= array.shape[0] <= 4:
+        raise ValueError(f"PNG needs a (C, H, W) array with C in 1..4, got shape {array.shape}")
+    if array.dtype not in (np.uint8, np.uint16):
+        raise UnsupportedDtypeError(
+            f"PNG supports uint8 and uint16, got {array.dtype}; convert or use export_geotiff"
+        )
+    c, h, w = array.shape
+    if h * w > MAX_PNG_PIXELS:
+        raise ConfigError(
+            f"{h}x{w} = {h * w / 1e6:.1f} Mpx is too large for a PNG (limit "
+            f"{MAX_PNG_PIXELS / 1e6:.0f} Mpx); use export_geotiff or write_preview_png"
+        )
+    options = dict(storage_options or {})
+    _check_target(path, options, overwrite)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with MemoryFile() as mem:
+            with mem.open(driver="PNG", width=w, height=h, count=c, dtype=array.dtype.name) as dst:
+                dst.write(array)
+            payload = mem.read()
+    _write_bytes(path, payload, options)
+    return path
+
+
+def _stretch_to_uint8(img: np.ndarray, nodata: Any) -> np.ndarray:
+    """Map (C, h, w) to uint8 with a joint 2-98 percentile stretch over valid pixels."""
+    data = img.astype(np.float64)
+    valid = np.isfinite(data)
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        valid &= data != nodata
+    out = np.zeros(data.shape, dtype=np.uint8)
+    if not valid.any():
+        return out
+    lo, hi = np.percentile(data[valid], [2, 98])
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    stretched = np.clip((data - lo) * scale, 0, 255)
+    out[valid] = np.rint(stretched[valid]).astype(np.uint8)
+    return out
+
+
+def write_preview_png(
+    output: ZarrOutput,
+    path: str,
+    *,
+    max_side: int = 1024,
+    overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[int, int]:
+    """Write a downsampled 8-bit preview of ``output``; returns its (height, width).
+
+    Every s-th row and column (s = ceil(max(H, W) / max_side)) is read chunk-row by chunk-row, so
+    memory holds the preview plus the chunks being decoded, never the whole array. 1 or 2 bands
+    give grey (band 0), 3 bands RGB, 4+ the first three as RGB. uint8 data is kept as is; other
+    dtypes get one 2-98 percentile stretch over all shown bands of the preview (colour balance
+    kept), ignoring NaN and ``nodata``, which become 0.
+    """
+    if not isinstance(max_side, int) or max_side < 1:
+        raise ConfigError(f"max_side must be a positive integer, got {max_side!r}")
+    _check_target(path, dict(storage_options or {}), overwrite)
+    c, h, w = output.shape
+    bands = 1 if c < 3 else 3
+    step = max(1, math.ceil(max(h, w) / max_side))
+    ph, pw = math.ceil(h / step), math.ceil(w / step)
+    preview = np.empty((bands, ph, pw), dtype=output.dtype)
+    arr = output._array()
+    ch = output.chunks[0]
+    for r0 in range(0, h, ch):
+        r1 = min(r0 + ch, h)
+        first = math.ceil(r0 / step) * step
+        if first >= r1:
+            continue
+        rows = np.asarray(arr[:bands, first:r1:step, ::step])
+        i0 = first // step
+        preview[:, i0 : i0 + rows.shape[1]] = rows
+    if preview.dtype != np.uint8:
+        preview = _stretch_to_uint8(preview, output.attrs.get("nodata"))
+    write_png(preview, path, overwrite=overwrite, storage_options=storage_options)
+    return ph, pw

@@ -1,0 +1,668 @@
+"""Raster inputs read window by window: Zarr (v2/v3), GeoTIFF/COG (rasterio) and PNG/JPEG/... (PIL).
+
+A :class:`SourceSpec` is a small picklable description; each worker calls :func:`open_source` on
+it and reads only its windows. Every backend gives the same :class:`Source` interface: a logical
+shape ``(C, H, W)`` after band selection, the native dtype, ``nodata``, ``crs`` (WKT) and
+``transform`` (6 affine coefficients ``a, b, c, d, e, f`` in ``rasterio.Affine`` order), and
+``read(rows, cols) -> (C, h, w)`` in the native dtype.
+
+Dispatch (first match wins)
+    * ``/vsi...`` GDAL paths go straight to rasterio.
+    * A directory (or object-store prefix), a name ending in ``.zarr``, or a path to zarr metadata
+      (``zarr.json``, ``.zarray``, ``.zgroup``) is a Zarr array or group.
+    * ``.tif``/``.tiff``: rasterio, then PIL if rasterio cannot read it.
+    * ``.png``, ``.jpg``/``.jpeg``, ``.bmp``, ``.webp``: PIL. Exception: 16-bit colour PNGs
+      (RGB, RGBA, grey+alpha) go to rasterio, because PIL truncates them to 8 bits.
+    * anything else: rasterio, then PIL, else :class:`UnsupportedInputError`.
+
+    URIs may be local paths, ``file://``, or any fsspec URL (``memory://``, ``s3://``, ``gs://``,
+    ...; ``storage_options`` are passed to fsspec). Remote GeoTIFFs are read lazily through
+    rasterio's Python opener (range requests via fsspec), never downloaded whole.
+
+Zarr layout
+    2-D arrays are one band ``(H, W)``. For 3-D arrays ``layout="auto"`` decides by size: first
+    dimension <= 16 and last > 16 -> ``CHW``; last <= 16 and first > 16 -> ``HWC``; otherwise
+    ``CHW``. ``layout="CHW"`` or ``"HWC"`` overrides the rule. Other ranks are refused. A group is
+    accepted when ``array_path`` names an array in it, or when it holds exactly one array (at any
+    depth). ``nodata`` comes from the array attribute ``nodata`` (or ``_FillValue``), ``crs`` from
+    ``crs`` (WKT, or anything ``rasterio.crs.CRS.from_user_input`` accepts, normalised to WKT)
+    and ``transform`` from ``transform`` (6 numbers, or 9 ending in ``0, 0, 1``). The zarr
+    ``fill_value`` is not treated as nodata. ``layout`` only applies to Zarr.
+
+PIL images
+    Loaded whole when opened (they are small); images above ``max_pixels_in_memory`` pixels are
+    refused. Modes: ``L``, ``I;16``, ``I`` and ``F`` are one band (uint8, uint16, int32,
+    float32); ``RGB`` is 3 bands; the alpha channel of ``RGBA``/``LA``/``PA`` is dropped;
+    ``P`` (palette) becomes RGB, ``1`` becomes ``L`` (0/255), ``CMYK``/``YCbCr`` become RGB.
+    Multi-frame files give their first frame; EXIF orientation is not applied.
+
+Dtypes: uint8, uint16, int16, float32, and also int32 and float64. Band indices are 0-based.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextvars
+import io
+import math
+import os
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import (
+    BandSelectionError,
+    ConfigError,
+    EmptyInputError,
+    InputNotFoundError,
+    UnsupportedDtypeError,
+    UnsupportedInputError,
+    WindowError,
+)
+from pipeline.values import validate_dtype
+
+__all__ = ["LAYOUTS", "Source", "SourceSpec", "open_source"]
+
+LAYOUTS = ("auto", "CHW", "HWC")
+#: the auto layout rule treats a dimension of at most this size as the band axis
+MAX_AUTO_BANDS = 16
+
+_ZARR_METADATA = ("zarr.json", ".zarray", ".zgroup")
+_PIL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+_TIFF_EXTENSIONS = (".tif", ".tiff")
+_LOCAL_SCHEMES = ("", "file", "local")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Picklable description of an input raster; open it with :func:`open_source`.
+
+    Attributes:
+        uri: local path, ``file://``/fsspec URL (``s3://``, ``gs://``, ``memory://``) or a GDAL
+            ``/vsi...`` path.
+        array_path: array inside a zarr group (zarr inputs only).
+        layout: ``"auto"``, ``"CHW"`` or ``"HWC"`` for 3-D zarr arrays.
+        storage_options: fsspec options for remote URLs (endpoint, credentials).
+        bands: 0-based native band indices to read, in order; ``None`` reads all.
+        max_pixels_in_memory: largest ``W * H`` that a PIL-read image may have.
+    """
+
+    uri: str
+    array_path: str | None = None
+    layout: str = "auto"
+    storage_options: dict[str, Any] | None = None
+    bands: tuple[int, ...] | None = None
+    max_pixels_in_memory: int = 20_000 * 20_000
+
+    def __post_init__(self) -> None:
+        uri = os.fspath(self.uri) if isinstance(self.uri, os.PathLike) else self.uri
+        if not isinstance(uri, str) or not uri:
+            raise ConfigError(f"uri {self.uri!r} must be a non-empty string or path")
+        object.__setattr__(self, "uri", uri)
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
+        if self.array_path is not None and not isinstance(self.array_path, str):
+            raise ConfigError(f"array_path {self.array_path!r} must be a string or None")
+        if self.storage_options is not None:
+            if not isinstance(self.storage_options, dict):
+                raise ConfigError(
+                    f"storage_options {self.storage_options!r} must be a dict or None"
+                )
+            object.__setattr__(self, "storage_options", dict(self.storage_options))
+        if self.bands is not None:
+            object.__setattr__(self, "bands", _normalise_bands(self.bands))
+        m = self.max_pixels_in_memory
+        if isinstance(m, bool) or not isinstance(m, int | np.integer) or m < 1:
+            raise ConfigError(f"max_pixels_in_memory {m!r} must be a positive integer")
+
+
+def _normalise_bands(bands: Sequence[int]) -> tuple[int, ...]:
+    if isinstance(bands, str | bytes) or not isinstance(bands, Sequence | np.ndarray):
+        raise BandSelectionError(f"bands {bands!r} must be a sequence of 0-based band indices")
+    out = []
+    for b in bands:
+        if isinstance(b, bool) or not isinstance(b, int | np.integer):
+            raise BandSelectionError(f"band index {b!r} is not an integer")
+        if b < 0:
+            raise BandSelectionError(f"band index {int(b)} is negative; band indices are 0-based")
+        out.append(int(b))
+    if not out:
+        raise BandSelectionError("bands () is empty: give at least one band index or None")
+    return tuple(out)
+
+
+class Source(abc.ABC):
+    """An open raster. Read windows with :meth:`read`; close with :meth:`close` or ``with``.
+
+    Attributes:
+        spec: the :class:`SourceSpec` it was opened from.
+        uri: ``spec.uri``.
+        backend: ``"zarr"``, ``"rasterio"`` or ``"pil"``.
+        shape: logical ``(C, H, W)`` after band selection.
+        dtype: native numpy dtype of the pixels.
+        nodata: nodata value, or ``None``.
+        crs: coordinate reference system as WKT, or ``None``.
+        transform: affine ``(a, b, c, d, e, f)``, or ``None``.
+        native_band_count: number of bands in the input before selection.
+        bands: the native band indices that make up the ``C`` logical bands.
+    """
+
+    backend: str = ""
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        native_shape: tuple[int, int, int],
+        dtype: np.dtype,
+        nodata: float | None = None,
+        crs: str | None = None,
+        transform: tuple[float, ...] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.uri = spec.uri
+        n, h, w = (int(v) for v in native_shape)
+        if n == 0 or h == 0 or w == 0:
+            raise EmptyInputError(
+                f"{spec.uri!r} is empty: {n} band(s), {h} row(s), {w} column(s); "
+                "every dimension must be at least 1"
+            )
+        self.native_band_count = n
+        self.dtype = validate_dtype(dtype, what=repr(spec.uri))
+        if spec.bands is None:
+            self.bands: tuple[int, ...] = tuple(range(n))
+        else:
+            for b in spec.bands:
+                if b >= n:
+                    raise BandSelectionError(
+                        f"band index {b} is out of range for {spec.uri!r} with {n} band(s): "
+                        f"allowed 0..{n - 1} (0-based)"
+                    )
+            self.bands = spec.bands
+        self.shape: tuple[int, int, int] = (len(self.bands), h, w)
+        self.nodata = nodata
+        self.crs = crs
+        self.transform = transform
+        self._closed = False
+
+    @property
+    def all_bands(self) -> bool:
+        """True when the bands are read in native order without selection."""
+        return self.bands == tuple(range(self.native_band_count))
+
+    def read(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        """Read the window ``rows = (r0, r1)``, ``cols = (c0, c1)`` (half-open) as ``(C, h, w)``.
+
+        Raises:
+            WindowError: unless ``0 <= r0 < r1 <= H`` and ``0 <= c0 < c1 <= W``.
+            ValueError: if the source is closed.
+        """
+        if self._closed:
+            raise ValueError(f"source {self.uri!r} is closed")
+        (r0, r1), (c0, c1) = _check_window(rows, cols, self.shape[1], self.shape[2])
+        out = self._read(r0, r1, c0, c1)
+        if out.dtype != self.dtype:
+            out = out.astype(self.dtype)
+        return out
+
+    @abc.abstractmethod
+    def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Backend read of the validated window: ``(C, r1 - r0, c1 - c0)``."""
+
+    def close(self) -> None:
+        """Release the backend's handles; further reads raise ``ValueError``."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def _close(self) -> None:  # noqa: B027 - backends with nothing to release keep this
+        """Backend hook for :meth:`close`."""
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(uri={self.uri!r}, shape={self.shape}, dtype={self.dtype}, "
+            f"bands={self.bands})"
+        )
+
+
+def _check_window(
+    rows: tuple[int, int], cols: tuple[int, int], height: int, width: int
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    out = []
+    for name, window, size in (("rows", rows, height), ("cols", cols, width)):
+        try:
+            lo, hi = window
+        except (TypeError, ValueError):
+            raise WindowError(f"{name}={window!r} must be a pair (start, stop)") from None
+        if any(isinstance(v, bool) or not isinstance(v, int | np.integer) for v in (lo, hi)):
+            raise WindowError(f"{name}={window!r} must hold integers")
+        if not 0 <= lo < hi <= size:
+            raise WindowError(
+                f"window {name}={(int(lo), int(hi))} is not inside the image "
+                f"({name} 0..{size}): need 0 <= start < stop <= {size}"
+            )
+        out.append((int(lo), int(hi)))
+    return out[0], out[1]
+
+
+# --------------------------------------------------------------------------------------- zarr
+
+
+class _ZarrSource(Source):
+    backend = "zarr"
+
+    def __init__(self, spec: SourceSpec, array: Any, layout: str) -> None:
+        self._array = array
+        self._layout = layout
+        shape = array.shape
+        if layout == "2D":
+            native = (1, shape[0], shape[1])
+        elif layout == "CHW":
+            native = (shape[0], shape[1], shape[2])
+        else:
+            native = (shape[2], shape[0], shape[1])
+        attrs = dict(array.attrs)
+        super().__init__(
+            spec,
+            native,
+            np.dtype(array.dtype),
+            nodata=_attr_nodata(attrs, spec.uri),
+            crs=_attr_crs(attrs, spec.uri),
+            transform=_attr_transform(attrs, spec.uri),
+        )
+
+    def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        arr = self._array
+        if self._layout == "2D":
+            block = np.asarray(arr[r0:r1, c0:c1])[None]
+            return block if self.all_bands else block[list(self.bands)]
+        if self._layout == "CHW":
+            if self.all_bands:
+                return np.asarray(arr[:, r0:r1, c0:c1])
+            return np.asarray(arr.oindex[list(self.bands), r0:r1, c0:c1])
+        bsel = slice(None) if self.all_bands else list(self.bands)
+        block = np.asarray(arr.oindex[r0:r1, c0:c1, bsel])
+        return np.ascontiguousarray(block.transpose(2, 0, 1))
+
+    def _close(self) -> None:
+        self._array = None
+
+
+def _zarr_layout(shape: tuple[int, ...], layout: str, uri: str) -> str:
+    if len(shape) == 2:
+        return "2D"
+    if len(shape) != 3:
+        raise UnsupportedInputError(
+            f"zarr array {uri!r} has shape {tuple(shape)}; only 2-D (H, W) and 3-D "
+            "(C, H, W) or (H, W, C) arrays are supported"
+        )
+    if layout != "auto":
+        return layout
+    first, last = shape[0], shape[2]
+    if last <= MAX_AUTO_BANDS < first:
+        return "HWC"
+    return "CHW"
+
+
+def _attr_nodata(attrs: dict[str, Any], uri: str) -> float | None:
+    for key in ("nodata", "_FillValue"):
+        if attrs.get(key) is not None:
+            value = attrs[key]
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise UnsupportedInputError(
+                    f"zarr attribute {key}={value!r} of {uri!r} is not a number"
+                ) from None
+    return None
+
+
+def _attr_crs(attrs: dict[str, Any], uri: str) -> str | None:
+    value = attrs.get("crs")
+    if value is None or value == "":
+        return None
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        return CRS.from_user_input(value).to_wkt()
+    except (CRSError, TypeError, ValueError) as exc:
+        raise UnsupportedInputError(
+            f"zarr attribute crs={str(value)[:80]!r} of {uri!r} is not a CRS: {exc}"
+        ) from None
+
+
+def _attr_transform(attrs: dict[str, Any], uri: str) -> tuple[float, ...] | None:
+    value = attrs.get("transform")
+    if value is None:
+        return None
+    try:
+        coeffs = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        coeffs = ()
+    if len(coeffs) == 9 and coeffs[6:] == (0.0, 0.0, 1.0):
+        coeffs = coeffs[:6]
+    if len(coeffs) != 6 or not all(math.isfinite(v) for v in coeffs):
+        raise UnsupportedInputError(
+            f"zarr attribute transform={value!r} of {uri!r} must be 6 finite numbers "
+            "(a, b, c, d, e, f in rasterio.Affine order)"
+        )
+    return coeffs
+
+
+def _open_zarr(spec: SourceSpec, store: str, remote: bool) -> Source:
+    import zarr
+    from zarr.errors import NodeNotFoundError
+
+    kwargs: dict[str, Any] = {"mode": "r"}
+    if spec.array_path:
+        kwargs["path"] = spec.array_path
+    if remote and spec.storage_options:
+        kwargs["storage_options"] = spec.storage_options
+    try:
+        node = zarr.open(store=store, **kwargs)
+    except (NodeNotFoundError, FileNotFoundError) as exc:
+        if spec.array_path:
+            raise InputNotFoundError(
+                f"no zarr array at array_path={spec.array_path!r} in {spec.uri!r}"
+            ) from exc
+        raise UnsupportedInputError(
+            f"{spec.uri!r} is not a zarr array or group (no zarr.json, .zarray or .zgroup)"
+        ) from exc
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UnsupportedInputError(f"corrupt zarr metadata in {spec.uri!r}: {exc}") from exc
+    if isinstance(node, zarr.Group):
+        arrays = sorted(p for p, m in node.members(max_depth=None) if isinstance(m, zarr.Array))
+        where = f"group {spec.array_path!r} in " if spec.array_path else ""
+        if len(arrays) != 1:
+            found = ", ".join(repr(a) for a in arrays) if arrays else "none"
+            raise UnsupportedInputError(
+                f"zarr {where}group {spec.uri!r} holds {len(arrays)} arrays ({found}); "
+                "choose one with array_path"
+            )
+        node = node[arrays[0]]
+    layout = _zarr_layout(node.shape, spec.layout, spec.uri)
+    return _ZarrSource(spec, node, layout)
+
+
+# ----------------------------------------------------------------------------------- rasterio
+
+
+class _RasterioSource(Source):
+    backend = "rasterio"
+
+    def __init__(
+        self, spec: SourceSpec, dataset: Any, context: contextvars.Context, drop_alpha: bool
+    ) -> None:
+        from rasterio.enums import ColorInterp
+
+        self._ds = dataset
+        # rasterio's Python-opener bookkeeping lives in context variables: every call on a
+        # dataset opened through fsspec must run in the context it was opened in, whatever
+        # thread makes it. The lock serialises reads, as GDAL datasets are not thread-safe.
+        self._context = context
+        self._lock = threading.Lock()
+        indexes = list(dataset.indexes)
+        if drop_alpha and len(indexes) > 1:
+            indexes = [
+                i
+                for i, ci in zip(dataset.indexes, dataset.colorinterp, strict=True)
+                if ci != ColorInterp.alpha
+            ]
+        dtypes = {dataset.dtypes[i - 1] for i in indexes}
+        if len(dtypes) != 1:
+            raise UnsupportedDtypeError(
+                f"{spec.uri!r} mixes band dtypes {sorted(dtypes)}; all bands must share one dtype"
+            )
+        crs = dataset.crs.to_wkt() if dataset.crs else None
+        transform: tuple[float, ...] | None = tuple(dataset.transform)[:6]
+        if crs is None and dataset.transform.is_identity:
+            transform = None
+        super().__init__(
+            spec,
+            (len(indexes), dataset.height, dataset.width),
+            np.dtype(dtypes.pop()),
+            nodata=None if dataset.nodata is None else float(dataset.nodata),
+            crs=crs,
+            transform=transform,
+        )
+        self._indexes = [indexes[b] for b in self.bands]
+
+    def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        from rasterio.windows import Window
+
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        with self._lock:
+            return self._context.run(self._ds.read, self._indexes, window=window)
+
+    def _close(self) -> None:
+        with self._lock:
+            self._context.run(self._ds.close)
+
+
+def _rasterio_dataset(path: str, fs: Any | None) -> Any:
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        if fs is None:
+            return rasterio.open(path)
+        protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+        opener: Any = fs  # rasterio reads byte ranges through fs.open/size/ls: no download
+        if "memory" in protocols:
+            # fsspec's memory filesystem hands every caller the same file object, which
+            # breaks a second dataset on the same file; give each open its own copy.
+            def opener(p: str, mode: str = "rb", **_: Any) -> io.BytesIO:
+                return io.BytesIO(fs.cat_file(p))
+
+        # skip GDAL's directory listing for sidecar files (.aux.xml, .msk): a remote request
+        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+            return rasterio.open(path, opener=opener)
+
+
+def _open_rasterio(spec: SourceSpec, path: str, fs: Any | None, drop_alpha: bool) -> Source:
+    context = contextvars.copy_context()
+    dataset = context.run(_rasterio_dataset, path, fs)
+    try:
+        return _RasterioSource(spec, dataset, context, drop_alpha)
+    except BaseException:
+        context.run(dataset.close)
+        raise
+
+
+# ---------------------------------------------------------------------------------------- PIL
+
+# PIL's own decompression-bomb limit is a module global; it is lifted (under this lock) while
+# an image is opened, and max_pixels_in_memory is enforced instead.
+_PIL_LOCK = threading.Lock()
+
+
+class _NotPilImage(UnsupportedInputError):
+    """PIL does not recognise the file; the dispatcher may try another backend."""
+
+
+class _PilSource(Source):
+    backend = "pil"
+
+    def __init__(self, spec: SourceSpec, data: np.ndarray) -> None:
+        super().__init__(spec, data.shape, data.dtype)
+        data = data.astype(self.dtype, copy=False)  # native byte order (PIL I;16B is big-endian)
+        self._data = data if self.all_bands else data[list(self.bands)]
+
+    def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        return self._data[:, r0:r1, c0:c1].copy()
+
+    def _close(self) -> None:
+        self._data = None
+
+
+def _pil_to_array(image: Any, uri: str) -> np.ndarray:
+    """``(C, H, W)`` array of a loaded PIL image, following the mode rules above."""
+    mode = image.mode
+    if mode == "1":
+        image, mode = image.convert("L"), "L"
+    elif mode in ("P", "PA"):
+        image, mode = image.convert("RGBA"), "RGBA"
+    elif mode in ("CMYK", "YCbCr"):
+        image, mode = image.convert("RGB"), "RGB"
+    if mode in ("L", "I", "F") or mode.startswith("I;16"):
+        data = np.asarray(image)[None]
+    elif mode in ("RGB", "RGBA"):
+        data = np.asarray(image)[:, :, :3].transpose(2, 0, 1)
+    elif mode == "LA":
+        data = np.asarray(image)[None, :, :, 0]
+    else:
+        raise UnsupportedInputError(
+            f"{uri!r} has PIL mode {mode!r}; supported: L, I;16, I, F, RGB, RGBA, LA, P, PA, 1, "
+            "CMYK, YCbCr"
+        )
+    return np.ascontiguousarray(data)
+
+
+def _open_pil(spec: SourceSpec, path: str, fs: Any | None) -> Source:
+    from PIL import Image, UnidentifiedImageError
+
+    with _PIL_LOCK:
+        limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with fs.open(path, "rb") if fs is not None else open(path, "rb") as fh:
+                with Image.open(fh) as image:
+                    width, height = image.size
+                    if width * height > spec.max_pixels_in_memory:
+                        raise UnsupportedInputError(
+                            f"{spec.uri!r} is {width}x{height} = {width * height} pixels, above "
+                            f"max_pixels_in_memory={spec.max_pixels_in_memory}; PIL loads whole "
+                            "images, so convert it to a tiled GeoTIFF or zarr"
+                        )
+                    image.load()
+                    data = _pil_to_array(image, spec.uri)
+        except UnidentifiedImageError as exc:
+            raise _NotPilImage(f"{spec.uri!r} is not an image PIL can identify: {exc}") from exc
+        except (Image.DecompressionBombError, SyntaxError) as exc:
+            raise UnsupportedInputError(f"{spec.uri!r} is not a readable image: {exc}") from exc
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise InputNotFoundError(f"input not found: {spec.uri!r}") from exc
+            raise UnsupportedInputError(f"{spec.uri!r} is not a readable image: {exc}") from exc
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    return _PilSource(spec, data)
+
+
+def _png_is_16bit_colour(path: str, fs: Any | None) -> bool:
+    """True for a PNG whose IHDR says bit depth 16 with colour or alpha (PIL truncates these)."""
+    try:
+        with fs.open(path, "rb") if fs is not None else open(path, "rb") as fh:
+            head = fh.read(26)
+    except OSError:
+        return False
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return False
+    return head[24] == 16 and head[25] in (2, 4, 6)
+
+
+# ---------------------------------------------------------------------------------- dispatch
+
+
+def open_source(spec: SourceSpec | str | os.PathLike[str]) -> Source:
+    """Open the raster described by ``spec`` (a :class:`SourceSpec` or a bare URI).
+
+    Raises:
+        InputNotFoundError: the path or URL does not exist.
+        UnsupportedInputError: not an image, unknown format, or corrupt metadata.
+        UnsupportedDtypeError: a dtype outside uint8, uint16, int16, int32, float32, float64.
+        EmptyInputError: zero bands, rows or columns.
+        BandSelectionError: a band index beyond the band count.
+        ConfigError: ``array_path`` given for an input that is not zarr.
+    """
+    if not isinstance(spec, SourceSpec):
+        spec = SourceSpec(uri=spec)
+    uri = spec.uri
+    if uri.startswith("/vsi"):
+        _refuse_array_path(spec, "rasterio")
+        return _open_with(spec, ("rasterio",), uri, None)
+
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    fs: Any | None = None
+    if scheme in _LOCAL_SCHEMES:
+        path = os.path.expanduser(uri.split("://", 1)[1] if scheme else uri)
+        exists, isdir = os.path.exists(path), os.path.isdir(path)
+    else:
+        import fsspec
+
+        try:
+            fs, path = fsspec.core.url_to_fs(uri, **(spec.storage_options or {}))
+        except (ValueError, ImportError) as exc:
+            raise UnsupportedInputError(f"cannot open {uri!r} through fsspec: {exc}") from exc
+        exists = fs.exists(path)
+        isdir = exists and fs.isdir(path)
+    if not exists:
+        raise InputNotFoundError(f"input not found: {uri!r}")
+
+    name = path.rstrip("/")
+    base = name.rsplit("/", 1)[-1]
+    if base in _ZARR_METADATA or isdir or base.lower().endswith(".zarr"):
+        store = uri.rstrip("/")
+        if base in _ZARR_METADATA:
+            store = store.rsplit("/", 1)[0]
+        if fs is None:
+            store = os.path.dirname(name) if base in _ZARR_METADATA else name
+        return _open_zarr(spec, store, remote=fs is not None)
+
+    _refuse_array_path(spec, "image file")
+    ext = os.path.splitext(base)[1].lower()
+    if ext in _TIFF_EXTENSIONS:
+        backends: tuple[str, ...] = ("rasterio", "pil")
+    elif ext == ".png" and _png_is_16bit_colour(path, fs):
+        backends = ("rasterio_drop_alpha",)
+    elif ext in _PIL_EXTENSIONS:
+        backends = ("pil",)
+    else:
+        backends = ("rasterio", "pil")
+    return _open_with(spec, backends, path, fs)
+
+
+def _refuse_array_path(spec: SourceSpec, kind: str) -> None:
+    if spec.array_path is not None:
+        raise ConfigError(
+            f"array_path={spec.array_path!r} only applies to zarr inputs; {spec.uri!r} is "
+            f"read as a {kind}"
+        )
+
+
+def _open_with(spec: SourceSpec, backends: Sequence[str], path: str, fs: Any | None) -> Source:
+    """Try each backend in turn; format errors fall through to the next one."""
+    failures = []
+    for backend in backends:
+        if backend == "pil":
+            try:
+                return _open_pil(spec, path, fs)
+            except _NotPilImage as exc:
+                failures.append(f"PIL: {exc}")
+                continue
+        from rasterio.errors import RasterioIOError
+
+        try:
+            return _open_rasterio(spec, path, fs, drop_alpha=backend == "rasterio_drop_alpha")
+        except RasterioIOError as exc:
+            if fs is None and not path.startswith("/vsi") and not os.path.exists(path):
+                raise InputNotFoundError(f"input not found: {spec.uri!r}") from exc
+            missing = ("No such file", "does not exist in the file system")
+            if path.startswith("/vsi") and any(text in str(exc) for text in missing):
+                raise InputNotFoundError(f"input not found: {spec.uri!r}") from exc
+            failures.append(f"rasterio: {exc}")
+    raise UnsupportedInputError(
+        f"{spec.uri!r} is not a supported image ({'; '.join(failures)}); supported inputs: "
+        "zarr arrays/groups, GeoTIFF/COG and other GDAL rasters, PNG, JPEG, BMP, WebP, TIFF"
+    )

@@ -1,0 +1,132 @@
+"""Shared fixtures. Ray settings must be in the environment before ray is imported anywhere."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+for _k, _v in {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keep a single-node cluster on 127.0.0.1
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+}.items():
+    os.environ.setdefault(_k, _v)
+
+SHARED_DATA = Path(
+    os.environ.get("LIIF_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
+).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of ../shared/data (research datasets); skips the test when it is absent."""
+    if not (SHARED_DATA / "MANIFEST.md").exists():
+        pytest.skip(f"shared research data not found at {SHARED_DATA} (set LIIF_SHARED_DATA)")
+    return SHARED_DATA
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """An in-process local Ray (4 logical CPUs on loopback), shared by the whole session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """A real ``ray start --head`` on loopback with its own ports; yields the dashboard address.
+
+    Ended by PID (never ``ray stop``, which would kill every Ray process on the machine).
+    """
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if ray_bin is None:
+        pytest.skip("the `ray` command is not installed")
+    gcs, dash, agent, client, metrics = (_free_port() for _ in range(5))
+    minw = 20000 + (os.getpid() % 100) * 100
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    temp = tmp_path_factory.mktemp("rayhead")
+    cmd = [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+           f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+           f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
+           f"--metrics-export-port={metrics}", f"--min-worker-port={minw}",
+           f"--max-worker-port={minw + 99}", "--num-cpus=2", "--include-dashboard=true",
+           f"--temp-dir={temp}", "--disable-usage-stats"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(1)
+        if proc.poll() is not None:
+            pytest.fail(f"ray start --head exited with {proc.returncode}")
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+        pytest.fail("ray head did not come up within 90 s")
+    yield {"address": address, "gcs": f"127.0.0.1:{gcs}", "env": env}
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _submit_job(ray_head: dict, entrypoint: list[str], *, cwd: str | Path, timeout: float = 300):
+    """``ray job submit --working-dir . -- <entrypoint>`` against ``ray_head``; retries the submit
+    once if the head was not ready. Returns the CompletedProcess."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    cmd = [ray_bin, "job", "submit", f"--address={ray_head['address']}", "--working-dir", ".",
+           "--", *entrypoint]
+    for attempt in range(2):
+        res = subprocess.run(cmd, cwd=cwd, env=ray_head["env"], capture_output=True, text=True,
+                             timeout=timeout)
+        if res.returncode == 0 or attempt == 1 or "Connection" not in res.stderr:
+            return res
+        time.sleep(3)
+    return res
+
+
+@pytest.fixture(scope="session")
+def submit_job(ray_head):
+    """``submit_job(entrypoint: list[str], cwd=repo_root)`` -> CompletedProcess of ``ray job submit``."""
+    root = Path(__file__).resolve().parents[1]
+
+    def run(entrypoint: list[str], *, cwd: str | Path = root, timeout: float = 300):
+        return _submit_job(ray_head, entrypoint, cwd=cwd, timeout=timeout)
+
+    return run

@@ -1,0 +1,609 @@
+"""pipeline.sinks: the Zarr output, GeoTIFF/COG export and PNG writers."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import fsspec
+import numpy as np
+import pytest
+import rasterio
+import zarr
+from PIL import Image
+from rasterio.crs import CRS
+from rasterio.io import MemoryFile
+
+from pipeline import sinks
+from pipeline.errors import (
+    ConfigError,
+    InputNotFoundError,
+    OutputExistsError,
+    OutputNotWritableError,
+    UnsupportedDtypeError,
+)
+from pipeline.sinks import (
+    CREATED_BY,
+    OutputSpec,
+    ZarrOutput,
+    create_zarr_output,
+    export_geotiff,
+    open_zarr_output,
+    output_exists,
+    write_png,
+    write_preview_png,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+
+WKT = CRS.from_epsg(32633).to_wkt()
+TRANSFORM = (2.5, 0.0, 500_000.0, 0.0, -2.5, 4_000_000.0)
+
+
+def _attrs(job: dict | None = None, **extra) -> dict:
+    attrs = {
+        "scale": [2.0, 2.0],
+        "out_shape": [37, 53],
+        "in_shape": [19, 27],
+        "model": {"name": "liif", "args": {}, "weights_sha256": "ab" * 32},
+        "source_uri": "in.tif",
+        "crs": WKT,
+        "transform": TRANSFORM,
+        "value_range": [0, 65535],
+        "nodata": 0,
+        "job": job if job is not None else {"model": "edsr-baseline-liif", "scale": 2.0},
+    }
+    attrs.update(extra)
+    return attrs
+
+
+def _create(uri: str, shape=(3, 37, 53), dtype="uint16", chunks=(8, 16), **kw) -> ZarrOutput:
+    kw.setdefault("attrs", _attrs())
+    kw.setdefault("fill_value", 0)
+    return create_zarr_output(OutputSpec(uri), shape=shape, dtype=dtype, chunks=chunks, **kw)
+
+
+def _tiles(h: int, w: int, th: int, tw: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    return [
+        ((r, min(r + th, h)), (c, min(c + tw, w))) for r in range(0, h, th) for c in range(0, w, tw)
+    ]
+
+
+def _write_tiles_threaded(out: ZarrOutput, ref: np.ndarray, th: int, tw: int) -> None:
+    tiles = _tiles(ref.shape[1], ref.shape[2], th, tw)
+    groups = [tiles[i::4] for i in range(4)]  # each thread owns its own tiles
+
+    def work(own):
+        for rows, cols in own:
+            out.write(rows, cols, ref[:, slice(*rows), slice(*cols)])
+        return len(own)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert sum(pool.map(work, groups)) == len(tiles)
+
+
+@pytest.fixture(params=["local", "memory"])
+def uri(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "out.zarr")
+    return f"memory://sinks-{uuid.uuid4().hex}/out.zarr"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+# ---------------------------------------------------------------------------------------------
+# Zarr output
+
+
+def test_created_output_layout_and_attributes(uri):
+    out = _create(uri)
+    assert out.shape == (3, 37, 53) and out.dtype == np.uint16
+    assert out.chunks == (8, 16) and out.shards is None and out.write_grid == (8, 16)
+    attrs = out.attrs
+    assert attrs["created_by"] == CREATED_BY
+    assert attrs["proj:wkt2"] == WKT == attrs["crs"]
+    assert attrs["spatial:transform"] == list(TRANSFORM) == attrs["transform"]
+    assert attrs["job"] == {"model": "edsr-baseline-liif", "scale": 2.0}
+    group = zarr.open_group(uri, mode="r")
+    assert group.attrs["created_by"] == CREATED_BY
+    arr = group["image"]
+    assert arr.chunks == (3, 8, 16)  # all bands in one chunk
+    assert arr.metadata.dimension_names == ("band", "y", "x")
+    assert output_exists(OutputSpec(uri))
+    assert np.all(out.read((0, 37), (0, 53)) == 0)  # nothing written yet: fill value
+
+
+def test_attrs_without_georeferencing_get_no_geozarr_keys(tmp_path):
+    out = _create(str(tmp_path / "o.zarr"), attrs=_attrs(crs=None, transform=None))
+    assert "proj:wkt2" not in out.attrs and "spatial:transform" not in out.attrs
+    assert out.attrs["crs"] is None
+
+
+def test_numpy_attribute_values_are_stored_as_json(tmp_path):
+    attrs = _attrs(scale=np.array([2.5, 3.0]), nodata=np.uint16(7), transform=np.array(TRANSFORM))
+    out = _create(str(tmp_path / "o.zarr"), attrs=attrs)
+    assert out.attrs["scale"] == [2.5, 3.0] and out.attrs["nodata"] == 7
+    assert out.attrs["transform"] == list(TRANSFORM)
+
+
+def test_threaded_chunk_aligned_writes_give_the_full_array(uri, rng):
+    out = _create(uri)
+    ref = rng.integers(1, 65535, size=(3, 37, 53), dtype=np.uint16)
+    _write_tiles_threaded(out, ref, th=16, tw=32)  # 2x2 chunks per tile, partial at the edges
+    np.testing.assert_array_equal(out.read((0, 37), (0, 53)), ref)
+    np.testing.assert_array_equal(out.read((5, 30), (7, 50)), ref[:, 5:30, 7:50])
+
+
+def test_float64_data_is_narrowed_into_float32_array(tmp_path, rng):
+    out = _create(str(tmp_path / "f.zarr"), shape=(1, 9, 11), dtype="float32", chunks=(4, 4))
+    data = rng.random((1, 9, 11))
+    out.write((0, 9), (0, 11), data)
+    np.testing.assert_array_equal(out.read((0, 9), (0, 11)), data.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols", "match"),
+    [
+        ((4, 16), (0, 16), r"rows \(4, 16\) are not aligned to the chunk grid of 8"),
+        ((0, 12), (0, 16), r"rows \(0, 12\) are not aligned"),
+        ((0, 8), (16, 40), r"cols \(16, 40\) are not aligned to the chunk grid of 16"),
+        ((0, 8), (0, 60), r"cols \(0, 60\) out of range"),
+        ((8, 8), (0, 16), r"rows \(8, 8\) out of range"),
+    ],
+)
+def test_unaligned_or_out_of_range_write_raises(tmp_path, rows, cols, match):
+    out = _create(str(tmp_path / "o.zarr"))
+    data = np.ones((3, max(rows[1] - rows[0], 1), max(cols[1] - cols[0], 1)), np.uint16)
+    with pytest.raises(ValueError, match=match):
+        out.write(rows, cols, data)
+    assert np.all(out.read((0, 37), (0, 53)) == 0)
+
+
+def test_write_rejects_wrong_shape_and_unsafe_dtype(tmp_path):
+    out = _create(str(tmp_path / "o.zarr"))
+    with pytest.raises(ValueError, match=r"data shape \(3, 8, 15\) .* need \(3, 8, 16\)"):
+        out.write((0, 8), (0, 16), np.ones((3, 8, 15), np.uint16))
+    with pytest.raises(ValueError, match="float32 cannot be stored safely as uint16"):
+        out.write((0, 8), (0, 16), np.ones((3, 8, 16), np.float32))
+    out.write((32, 37), (48, 53), np.ones((3, 5, 5), np.uint8))  # edge chunk, safe upcast
+    assert out.read((32, 37), (48, 53)).sum() == 75
+
+
+def test_sharded_output_written_by_whole_shards(uri, rng):
+    out = _create(uri, shape=(2, 45, 70), dtype="float32", chunks=(5, 10), shards=(15, 20))
+    assert out.shards == (15, 20) and out.write_grid == (15, 20)
+    assert zarr.open_array(uri, path="image", mode="r").shards == (2, 15, 20)
+    ref = rng.standard_normal((2, 45, 70)).astype(np.float32)
+    _write_tiles_threaded(out, ref, th=15, tw=40)  # two shards wide, last one partial
+    np.testing.assert_array_equal(out.read((0, 45), (0, 70)), ref)
+    with pytest.raises(ValueError, match="shard grid of 15"):
+        out.write((5, 10), (0, 20), ref[:, 5:10, 0:20])  # one chunk inside a shard
+
+
+def test_pickled_handle_writes_to_the_same_array(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = _create("rel.zarr")  # relative paths are made absolute for other processes
+    assert out.uri == str(tmp_path / "rel.zarr")
+    out.shape  # noqa: B018 - opens the array before pickling
+    clone = pickle.loads(pickle.dumps(out))
+    clone.write((0, 8), (0, 16), np.full((3, 8, 16), 9, np.uint16))
+    assert out.read((0, 8), (0, 16)).min() == 9
+    assert open_zarr_output(OutputSpec(str(tmp_path / "rel.zarr"))).shape == (3, 37, 53)
+
+
+def test_open_missing_output_raises(tmp_path):
+    with pytest.raises(InputNotFoundError, match="no Zarr output at"):
+        open_zarr_output(OutputSpec(str(tmp_path / "missing.zarr")))
+
+
+def test_existing_output_without_flags_is_left_untouched(uri, rng):
+    out = _create(uri)
+    ref = rng.integers(1, 9, size=(3, 8, 16), dtype=np.uint16)
+    out.write((0, 8), (0, 16), ref)
+    out.manifest.mark_done("t0", {"out_window": [[0, 8], [0, 16]]})
+    with pytest.raises(OutputExistsError, match=r"already exists; pass --overwrite .* --resume"):
+        _create(uri, shape=(1, 5, 5), dtype="float32", chunks=(4, 4))
+    with pytest.raises(FileExistsError):  # also a builtin FileExistsError
+        _create(uri)
+    again = ZarrOutput(uri)
+    assert again.shape == (3, 37, 53) and again.dtype == np.uint16
+    np.testing.assert_array_equal(again.read((0, 8), (0, 16)), ref)
+    assert again.manifest.done_keys() == {"t0"}
+
+
+def test_overwrite_replaces_data_and_manifest(uri):
+    old = _create(uri)
+    old.write((0, 8), (0, 16), np.full((3, 8, 16), 5, np.uint16))
+    old.manifest.mark_done("t0", {})
+    new = _create(uri, shape=(1, 20, 21), dtype="uint8", chunks=(10, 7), overwrite=True)
+    assert new.shape == (1, 20, 21) and new.dtype == np.uint8
+    assert np.all(new.read((0, 20), (0, 21)) == 0)
+    assert new.manifest.done_keys() == set()
+
+
+def test_overwrite_refuses_to_delete_a_non_zarr_directory(tmp_path):
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputExistsError, match="not a Zarr group"):
+        _create(str(target), overwrite=True)
+    assert (target / "notes.txt").read_text() == "keep me"
+
+
+def test_empty_existing_directory_is_not_an_output(tmp_path):
+    (tmp_path / "empty.zarr").mkdir()
+    assert not output_exists(OutputSpec(str(tmp_path / "empty.zarr")))
+    assert _create(str(tmp_path / "empty.zarr")).shape == (3, 37, 53)
+
+
+def test_resume_keeps_written_data_and_checks_the_fingerprint(uri):
+    out = _create(uri, attrs=_attrs(job={"model": "a", "scale": 2.0}))
+    out.write((8, 16), (16, 32), np.full((3, 8, 16), 3, np.uint16))
+    out.manifest.mark_done("r1_c1", {"out_window": [[8, 16], [16, 32]]})
+    resumed = _create(uri, attrs=_attrs(job={"model": "a", "scale": 2.0}), resume=True)
+    assert np.all(resumed.read((8, 16), (16, 32)) == 3)
+    assert resumed.manifest.done_keys() == {"r1_c1"}
+    with pytest.raises(ConfigError, match=r"job fingerprint differs in \['model'\]"):
+        _create(uri, attrs=_attrs(job={"model": "b", "scale": 2.0}), resume=True)
+    with pytest.raises(ConfigError, match=r"shape is \(3, 37, 53\) but the job needs"):
+        _create(uri, shape=(3, 38, 53), attrs=_attrs(job={"model": "a", "scale": 2.0}), resume=True)
+    with pytest.raises(
+        ConfigError,
+        match=r"dtype is uint16 but the job needs uint8; chunks is \(8, 16\) but the job needs "
+        r"\(8, 8\); job fingerprint differs in \['model'\]",
+    ):
+        _create(uri, dtype="uint8", chunks=(8, 8), resume=True)
+    assert np.all(ZarrOutput(uri).read((8, 16), (16, 32)) == 3)
+
+
+def test_resume_without_existing_output_creates_it(tmp_path):
+    out = _create(str(tmp_path / "new.zarr"), resume=True)
+    assert out.shape == (3, 37, 53)
+
+
+def test_resume_of_a_non_output_directory_is_a_config_error(tmp_path):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.bin").write_bytes(b"1")
+    with pytest.raises(ConfigError, match="not a liif-pipeline Zarr output"):
+        _create(str(tmp_path / "other"), resume=True)
+
+
+def test_overwrite_and_resume_together_are_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="mutually exclusive"):
+        _create(str(tmp_path / "o.zarr"), overwrite=True, resume=True)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_parent_that_is_a_file_is_not_writable(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    target = blocker / "sub" / "out.zarr"
+    with pytest.raises(OutputNotWritableError, match=f"{target}.*is not a directory"):
+        _create(str(target))
+    with pytest.raises(PermissionError):  # also a builtin PermissionError
+        _create(str(target))
+    assert blocker.read_text() == "a file"
+
+
+def test_directory_without_write_access_is_not_writable(tmp_path, monkeypatch):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        sinks.os, "access", lambda p, mode: False if str(p) == str(parent) else real_access(p, mode)
+    )
+    with pytest.raises(OutputNotWritableError, match=f"directory '{parent}' is not writable"):
+        _create(str(parent / "out.zarr"))
+    assert os.listdir(parent) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_directory_is_not_writable(tmp_path):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        with pytest.raises(OutputNotWritableError, match="is not writable"):
+            _create(str(parent / "out.zarr"))
+    finally:
+        parent.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"shape": (3, 0, 5)}, r"shape \(C, H, W\) must be 3 positive integers"),
+        ({"shape": (3, 5)}, "3 positive integers"),
+        ({"chunks": (8, 0)}, r"chunks \(ch, cw\) must be 2 positive integers"),
+        ({"chunks": (8.0, 16)}, "2 positive integers"),
+        ({"shards": (12, 32)}, r"shards \(12, 32\) must be multiples of chunks \(8, 16\)"),
+        ({"dtype": "complex64"}, "dtype complex64 is not allowed"),
+        ({"dtype": "not-a-dtype"}, "dtype 'not-a-dtype' is not a NumPy dtype"),
+        ({"fill_value": 70000}, r"fill_value 70000 does not fit dtype uint16"),
+        ({"fill_value": 1.5}, "does not fit dtype uint16"),
+        ({"fill_value": "0"}, "fill_value must be a number"),
+        ({"attrs": {"bad": object()}}, r"attribute attrs.bad = .* is not JSON"),
+        ({"attrs": {"transform": (1, 2, 3)}}, r"attrs\['transform'\]: transform must have 6"),
+        ({"attrs": {"crs": 4326}}, r"attrs\['crs'\] must be a WKT string"),
+    ],
+)
+def test_invalid_creation_arguments(tmp_path, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        _create(str(tmp_path / "o.zarr"), **kwargs)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_output_spec_validation():
+    with pytest.raises(ConfigError, match="non-empty string"):
+        OutputSpec("  ")
+    with pytest.raises(ConfigError, match="storage_options must be a dict"):
+        OutputSpec("x.zarr", storage_options=[("anon", True)])  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# GeoTIFF / COG
+
+
+@pytest.fixture
+def geo_output(tmp_path, rng):
+    """(3, 300, 257) uint16 output with CRS/transform/nodata, chunks (64, 96), fully written."""
+    out = _create(
+        str(tmp_path / "geo.zarr"),
+        shape=(3, 300, 257),
+        chunks=(64, 96),
+        attrs=_attrs(out_shape=[300, 257]),
+    )
+    ref = rng.integers(1, 60000, size=(3, 300, 257), dtype=np.uint16)
+    for rows, cols in _tiles(300, 257, 64, 96):
+        out.write(rows, cols, ref[:, slice(*rows), slice(*cols)])
+    return out, ref
+
+
+def _spy_reads(out: ZarrOutput) -> list[tuple[int, int]]:
+    sizes: list[tuple[int, int]] = []
+    real = out.read
+
+    def read(rows, cols):
+        sizes.append((rows[1] - rows[0], cols[1] - cols[0]))
+        return real(rows, cols)
+
+    out.read = read  # type: ignore[method-assign]
+    return sizes
+
+
+@pytest.mark.parametrize("cog", [True, False])
+def test_geotiff_round_trip(tmp_path, geo_output, cog):
+    out, ref = geo_output
+    reads = _spy_reads(out)
+    path = str(tmp_path / "out.tif")
+    assert export_geotiff(out, path, cog=cog, blocksize=128) == path
+    assert len(reads) > 1 and max(h * w for h, w in reads) <= 128 * 128  # streamed
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # temporaries removed
+    with rasterio.open(path) as src:
+        np.testing.assert_array_equal(src.read(), ref)
+        assert src.crs == CRS.from_wkt(WKT)
+        assert tuple(src.transform)[:6] == pytest.approx(TRANSFORM)
+        assert src.nodata == 0
+        assert src.profile["tiled"] and src.block_shapes == [(128, 128)] * 3
+        assert src.compression.name == "deflate"
+        assert src.overviews(1) == [2, 4]
+        assert src.tags()["created_by"] == CREATED_BY
+        layout = src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT")
+        assert (layout == "COG") if cog else (layout is None)
+
+
+def test_cog_without_cog_driver_falls_back_to_copy_src_overviews(tmp_path, geo_output, monkeypatch):
+    out, ref = geo_output
+    monkeypatch.setattr(sinks, "_has_cog_driver", lambda: False)
+    path = str(tmp_path / "fallback.tif")
+    export_geotiff(out, path, blocksize=128)
+    with rasterio.open(path) as src:
+        np.testing.assert_array_equal(src.read(), ref)
+        assert src.block_shapes == [(128, 128)] * 3 and src.overviews(1) == [2, 4]
+
+
+def test_geotiff_existing_file_needs_overwrite(tmp_path, geo_output):
+    out, ref = geo_output
+    path = tmp_path / "out.tif"
+    path.write_bytes(b"old")
+    with pytest.raises(OutputExistsError, match="out.tif' already exists"):
+        export_geotiff(out, str(path), blocksize=128)
+    assert path.read_bytes() == b"old"
+    export_geotiff(out, str(path), blocksize=128, overwrite=True, overviews=False)
+    with rasterio.open(path) as src:
+        np.testing.assert_array_equal(src.read(), ref)
+        assert src.overviews(1) == []
+
+
+def test_geotiff_float_without_georeferencing_to_fsspec_url(tmp_path, rng):
+    out = _create(
+        str(tmp_path / "f.zarr"),
+        shape=(1, 41, 67),
+        dtype="float32",
+        chunks=(16, 32),
+        fill_value=float("nan"),
+        attrs=_attrs(crs=None, transform=None, nodata=None),
+    )
+    ref = rng.standard_normal((1, 41, 67)).astype(np.float32)
+    out.write((0, 41), (0, 67), ref)
+    url = f"memory://tif-{uuid.uuid4().hex}/x.tif"
+    export_geotiff(out, url, cog=False, blocksize=16)
+    payload = fsspec.filesystem("memory").cat_file(url)
+    with MemoryFile(payload) as mem, mem.open() as src:
+        np.testing.assert_array_equal(src.read(), ref)
+        assert src.crs is None and src.nodata is None and src.block_shapes == [(16, 16)]
+        assert len(src.overviews(1)) == 3  # 67 -> 34, 17, 9 columns (GDAL reports 2, 4, 7)
+
+
+def test_geotiff_rejects_bad_blocksize(tmp_path, geo_output):
+    with pytest.raises(ConfigError, match="multiple of 16, got 100"):
+        export_geotiff(geo_output[0], str(tmp_path / "x.tif"), blocksize=100)
+    with pytest.raises(ConfigError, match="COG needs blocksize >= 128.*got 64"):
+        export_geotiff(geo_output[0], str(tmp_path / "x.tif"), blocksize=64)
+    assert os.listdir(tmp_path) == ["geo.zarr"]
+
+
+# ---------------------------------------------------------------------------------------------
+# PNG
+
+
+def test_write_png_uint8_rgb(tmp_path, rng):
+    img = rng.integers(0, 256, size=(3, 37, 53), dtype=np.uint8)
+    path = str(tmp_path / "a.png")
+    write_png(img, path)
+    with Image.open(path) as im:
+        assert im.mode == "RGB" and im.size == (53, 37)
+        np.testing.assert_array_equal(np.asarray(im).transpose(2, 0, 1), img)
+
+
+def test_write_png_uint16_grey_and_rgb(tmp_path, rng):
+    for bands in (1, 3):
+        img = rng.integers(0, 65536, size=(bands, 19, 23), dtype=np.uint16)
+        path = str(tmp_path / f"b{bands}.png")
+        write_png(img, path)
+        with rasterio.open(path) as src:
+            assert src.count == bands and src.dtypes[0] == "uint16"
+            np.testing.assert_array_equal(src.read(), img)
+
+
+def test_write_png_refusals(tmp_path):
+    path = tmp_path / "x.png"
+    huge = np.broadcast_to(np.uint8(0), (1, 10_001, 10_001))  # 100.02 Mpx, no memory
+    with pytest.raises(ConfigError, match=r"10001x10001 = 100.0 Mpx is too large .* 100 Mpx"):
+        write_png(huge, str(path))
+    with pytest.raises(UnsupportedDtypeError, match="got float32"):
+        write_png(np.zeros((3, 4, 4), np.float32), str(path))
+    with pytest.raises(ValueError, match=r"C in 1..4, got shape \(5, 4, 4\)"):
+        write_png(np.zeros((5, 4, 4), np.uint8), str(path))
+    assert not path.exists()
+    path.write_bytes(b"old")
+    with pytest.raises(OutputExistsError, match="already exists"):
+        write_png(np.zeros((1, 4, 4), np.uint8), str(path))
+    assert path.read_bytes() == b"old"
+    write_png(np.zeros((1, 4, 4), np.uint8), str(path), overwrite=True)
+    with Image.open(path) as im:
+        assert im.mode == "L" and im.size == (4, 4)
+
+
+def test_preview_of_uint8_is_the_strided_array(tmp_path, rng):
+    out = _create(str(tmp_path / "p.zarr"), shape=(1, 61, 47), dtype="uint8", chunks=(7, 16))
+    ref = rng.integers(0, 256, size=(1, 61, 47), dtype=np.uint8)
+    for rows, cols in _tiles(61, 47, 7, 16):
+        out.write(rows, cols, ref[:, slice(*rows), slice(*cols)])
+    path = str(tmp_path / "p.png")
+    assert write_preview_png(out, path, max_side=20) == (16, 12)  # stride ceil(61 / 20) = 4
+    with Image.open(path) as im:
+        assert im.mode == "L" and im.size == (12, 16)
+        np.testing.assert_array_equal(np.asarray(im), ref[0, ::4, ::4])
+
+
+def test_preview_of_uint16_rgb_is_stretched(tmp_path, geo_output):
+    out, ref = geo_output
+    path = str(tmp_path / "p.png")
+    assert write_preview_png(out, path, max_side=64) == (60, 52)  # stride 5
+    sub = ref[:, ::5, ::5].astype(np.float64)
+    lo, hi = np.percentile(sub[sub != 0], [2, 98])
+    expected = np.rint(np.clip((sub - lo) * 255 / (hi - lo), 0, 255)).astype(np.uint8)
+    with Image.open(path) as im:
+        assert im.mode == "RGB" and im.size == (52, 60)
+        got = np.asarray(im).transpose(2, 0, 1)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, expected)
+    assert got.min() == 0 and got.max() == 255
+
+
+def test_preview_of_four_float_bands_uses_the_first_three(tmp_path, rng):
+    out = _create(
+        str(tmp_path / "f.zarr"),
+        shape=(4, 33, 29),
+        dtype="float32",
+        chunks=(8, 8),
+        fill_value=float("nan"),
+        attrs=_attrs(nodata=None),
+    )
+    ref = rng.random((4, 33, 29)).astype(np.float32)
+    ref[3] = 1e6  # a band that would dominate the stretch if it were used
+    out.write((0, 16), (0, 29), ref[:, :16])  # rows 16.. stay NaN (unwritten)
+    path = str(tmp_path / "f.png")
+    assert write_preview_png(out, path) == (33, 29)  # smaller than max_side: stride 1
+    with Image.open(path) as im:
+        got = np.asarray(im).transpose(2, 0, 1)
+    assert im.mode == "RGB" and got.shape == (3, 33, 29)
+    assert np.all(got[:, 16:] == 0)  # NaN -> 0
+    assert got[:, :16].max() == 255 and np.percentile(got[:, :16], 50) > 50
+
+
+def test_preview_existing_file_and_bad_max_side(tmp_path, geo_output):
+    path = tmp_path / "p.png"
+    path.write_bytes(b"old")
+    with pytest.raises(OutputExistsError):
+        write_preview_png(geo_output[0], str(path))
+    with pytest.raises(ConfigError, match="max_side must be a positive integer, got 0"):
+        write_preview_png(geo_output[0], str(path), max_side=0, overwrite=True)
+    assert path.read_bytes() == b"old"
+
+
+# ---------------------------------------------------------------------------------------------
+# S3 (moto server on loopback)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    moto_server = pytest.importorskip("moto.server")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+        server.start()
+        try:
+            host, port = server.get_host_and_port()
+            options = {
+                "endpoint_url": f"http://{host}:{port}",
+                "key": "testing",
+                "secret": "testing",
+            }
+            fsspec.filesystem("s3", **options).mkdir("liif-sinks")
+            yield options
+        finally:
+            server.stop()
+
+
+def test_zarr_output_and_manifest_on_s3(s3, rng):
+    spec = OutputSpec("s3://liif-sinks/run/out.zarr", storage_options=s3)
+    assert not output_exists(spec)
+    out = create_zarr_output(
+        spec,
+        shape=(3, 37, 53),
+        dtype="uint16",
+        chunks=(8, 16),
+        shards=(16, 32),
+        fill_value=0,
+        attrs=_attrs(),
+    )
+    ref = rng.integers(1, 65535, size=(3, 16, 32), dtype=np.uint16)
+    worker_copy = pickle.loads(pickle.dumps(out))  # what a Ray actor receives
+    worker_copy.write((16, 32), (32, 53), ref[:, :, :21])
+    worker_copy.manifest.mark_done("r1_c1", {"out_window": [[16, 32], [32, 53]], "worker": "a"})
+    assert output_exists(spec)
+    reopened = open_zarr_output(spec)
+    np.testing.assert_array_equal(reopened.read((16, 32), (32, 53)), ref[:, :, :21])
+    assert reopened.manifest.done_keys() == {"r1_c1"}
+    assert reopened.manifest.is_done("r1_c1") and not reopened.manifest.is_done("r0_c0")
+    assert reopened.attrs["proj:wkt2"] == WKT
+    with pytest.raises(OutputExistsError, match="s3://liif-sinks/run/out.zarr"):
+        create_zarr_output(spec, shape=(3, 37, 53), dtype="uint16", chunks=(8, 16))
+    fresh = create_zarr_output(spec, shape=(1, 9, 9), dtype="uint8", chunks=(4, 4), overwrite=True)
+    assert fresh.shape == (1, 9, 9) and fresh.manifest.done_keys() == set()
+    s3fs_ = fsspec.filesystem("s3", **s3)
+    s3fs_.invalidate_cache()
+    assert sorted(p.rsplit("/", 1)[-1] for p in s3fs_.ls("liif-sinks/run/out.zarr")) == [
+        "_manifest",
+        "image",
+        "zarr.json",
+    ]
