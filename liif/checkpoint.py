@@ -71,6 +71,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, training: dict[str, A
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(sd, str(tmp), metadata=meta)
     tmp.replace(path)
+    path.chmod(0o644)
     return path
 
 

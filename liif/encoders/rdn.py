@@ -32,7 +32,7 @@ class RDN(nn.Module):
 
     def __init__(
         self, G0: int = 64, RDNkSize: int = 3, RDNconfig: str = "B", no_upsampling: bool = True,
-        **kw: object,
+        D: int | None = None, C: int | None = None, G: int | None = None, **kw: object,
     ) -> None:
         super().__init__()
         if not no_upsampling:
@@ -40,6 +40,7 @@ class RDN(nn.Module):
         if RDNconfig not in _CONFIGS:
             raise ValueError(f"RDNconfig {RDNconfig!r} is not one of {sorted(_CONFIGS)}")
         d, c, g = _CONFIGS[RDNconfig]
+        d, c, g = D or d, C or c, G or g  # optional overrides (smaller models for tests)
         k = RDNkSize
         self.D = d
         self.SFENet1 = nn.Conv2d(3, G0, k, padding=(k - 1) // 2)
@@ -49,7 +50,7 @@ class RDN(nn.Module):
         self.out_dim = G0
         r = (k - 1) // 2
         self.receptive_radius = r * (2 + d * c + 1)  # SFENet1+2, every RDB conv, GFF's 3x3
-        self.args = {"G0": G0, "RDNkSize": k, "RDNconfig": RDNconfig}
+        self.args = {"G0": G0, "RDNkSize": k, "RDNconfig": RDNconfig, "D": D, "C": C, "G": G}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f1 = self.SFENet1(x)
@@ -62,5 +63,5 @@ class RDN(nn.Module):
 
 
 def make_rdn(G0: int = 64, RDNkSize: int = 3, RDNconfig: str = "B", no_upsampling: bool = True,
-             **kw: object) -> RDN:
-    return RDN(G0, RDNkSize, RDNconfig, no_upsampling=no_upsampling)
+             D: int | None = None, C: int | None = None, G: int | None = None, **kw: object) -> RDN:
+    return RDN(G0, RDNkSize, RDNconfig, no_upsampling=no_upsampling, D=D, C=C, G=G)
