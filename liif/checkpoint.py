@@ -47,7 +47,10 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     """Build an (untrained) model from ``{name, args}``."""
     if not isinstance(spec, dict) or "name" not in spec:
         raise CheckpointError(f"model spec must be a dict with 'name' and 'args', got {spec!r}")
-    return MODELS.build(spec["name"], spec.get("args", {}))
+    try:
+        return MODELS.build(spec["name"], spec.get("args", {}))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot build model from spec {spec!r}: {e}") from e
 
 
 def file_sha256(path: str | Path) -> str:
@@ -79,8 +82,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     """The spec and training metadata of one of our safetensors checkpoints."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from e
     if "spec" not in meta:
         raise CheckpointError(f"{path} has no 'spec' metadata: not a liif-pipeline checkpoint")
     return {"format": meta.get("liif_format"), "spec": json.loads(meta["spec"]),
@@ -104,9 +110,13 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path} needs arbitrary code to unpickle and was refused (only weights_only "
-            f"checkpoints are loaded): {str(e).splitlines()[0]}") from e
+        culprit = [line for line in str(e).splitlines() if "Unsupported global" in line]
+        if culprit:
+            raise CheckpointError(
+                f"{path} needs arbitrary code to unpickle and was refused (only weights_only "
+                f"checkpoints are loaded): {culprit[0].strip()}") from e
+        raise CheckpointError(f"{path} is not a readable torch checkpoint: "
+                              f"{str(e).splitlines()[0]}") from e
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"{path} is not a readable torch checkpoint: {e}") from e
 

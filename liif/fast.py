@@ -107,8 +107,11 @@ def query_points(model, feat: torch.Tensor, coord: torch.Tensor, cell: torch.Ten
     shifts = _BRANCHES_ENSEMBLE if model.local_ensemble else ((0, 0),)
     hiddens, areas = [], []
     for sy, sx in shifts:
-        iy, ry = axis_branch(uy, sy, h, model.local_ensemble)
-        ix, rx = axis_branch(ux, sx, w, model.local_ensemble)
+        iy, _ = axis_branch(uy, sy, h, model.local_ensemble)
+        ix, _ = axis_branch(ux, sx, w, model.local_ensemble)
+        # relative coordinate in the caller's frame and dtype, exactly as the paper computes it
+        ry = (coord[..., 0] - (-1 + (2 * iy.to(coord.dtype) + 1) / h)) * h
+        rx = (coord[..., 1] - (-1 + (2 * ix.to(coord.dtype) + 1) / w)) * w
         flat = (iy * w + ix).unsqueeze(-1).expand(-1, -1, z.shape[-1])
         rel = torch.stack([ry, rx], dim=-1).to(feat.dtype)
         hiddens.append(torch.gather(z, 1, flat) + _rank2(rel, w_rel) + const)

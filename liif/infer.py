@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from liif.coords import make_coord, output_size
-from liif.fast import first_layer, render
+from liif.fast import _dtype_for, first_layer, render
 
 
 def normalize(img: torch.Tensor) -> torch.Tensor:
@@ -40,6 +40,9 @@ def upscale(model, image: torch.Tensor, *, scale: float | tuple[float, float] | 
     grid does not grow with the output size. ``impl="reference"`` uses the paper-literal query.
     """
     _check_image(image)
+    _dtype_for(precision)
+    if impl not in ("fast", "reference"):
+        raise ValueError(f"impl {impl!r} is not one of ('fast', 'reference')")
     if isinstance(chunk_pixels, bool) or not isinstance(chunk_pixels, int) or chunk_pixels <= 0:
         raise ValueError(f"chunk_pixels {chunk_pixels!r} must be a positive integer")
     h, w = image.shape[-2:]

@@ -6,10 +6,9 @@ existing output fails with a specific error and leaves the filesystem untouched.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import ConfigError
@@ -162,11 +161,7 @@ def run_upscale(cfg: UpscaleConfig) -> dict[str, Any]:
                   out_dtype=str(p["dtype"]), nodata=p["nodata"], precision=cfg.precision,
                   threads=cfg.threads_per_worker, **cfg.test_hooks)
     progress = Progress(len(tiles), H * W, already_tiles=len(tiles) - len(todo),
-                        already_pixels=already, stream=None if not cfg.progress else None)
-    if cfg.progress:
-        import sys
-
-        progress.stream = sys.stderr
+                        already_pixels=already, stream=sys.stderr if cfg.progress else None)
     executor = _make_executor(cfg, job)
     try:
         executor.run(todo, progress)
@@ -200,19 +195,3 @@ def _make_executor(cfg: UpscaleConfig, job: TileJob):
     ensure_ray(cfg.ray_address)
     return RayExecutor(job, workers=cfg.workers, gpus_per_worker=cfg.gpus_per_worker)
 
-
-def summary_json(summary: dict[str, Any]) -> str:
-    return json.dumps(summary, indent=None, default=str)
-
-
-def config_dict(cfg: UpscaleConfig) -> dict[str, Any]:
-    return asdict(cfg)
-
-
-def local_path(uri: str) -> Path | None:
-    """The local filesystem path of ``uri`` or None for remote URLs."""
-    if "://" not in uri:
-        return Path(uri)
-    if uri.startswith("file://"):
-        return Path(uri[len("file://"):])
-    return None

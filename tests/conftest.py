@@ -12,7 +12,7 @@ for _k, _v in {
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
-    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    "OMP_NUM_THREADS": "1",  # 2 cores: one thread per process avoids oversubscription
 }.items():
     os.environ.setdefault(_k, _v)
 

@@ -68,13 +68,14 @@ class EDSR(nn.Module):
 
 def make_edsr_baseline(
     n_resblocks: int = 16, n_feats: int = 64, res_scale: float = 1.0, no_upsampling: bool = True,
-    **kw: object,
+    scale: int = 2, rgb_range: float = 1.0,
 ) -> EDSR:
-    return EDSR(n_resblocks, n_feats, res_scale, no_upsampling=no_upsampling)
+    """The official constructor's arguments; ``scale`` is unused without an upsampler."""
+    return EDSR(n_resblocks, n_feats, res_scale, no_upsampling=no_upsampling, rgb_range=rgb_range)
 
 
 def make_edsr(
     n_resblocks: int = 32, n_feats: int = 256, res_scale: float = 0.1, no_upsampling: bool = True,
-    **kw: object,
+    scale: int = 2, rgb_range: float = 1.0,
 ) -> EDSR:
-    return EDSR(n_resblocks, n_feats, res_scale, no_upsampling=no_upsampling)
+    return EDSR(n_resblocks, n_feats, res_scale, no_upsampling=no_upsampling, rgb_range=rgb_range)

@@ -32,7 +32,7 @@ class RDN(nn.Module):
 
     def __init__(
         self, G0: int = 64, RDNkSize: int = 3, RDNconfig: str = "B", no_upsampling: bool = True,
-        D: int | None = None, C: int | None = None, G: int | None = None, **kw: object,
+        D: int | None = None, C: int | None = None, G: int | None = None, scale: int = 2,
     ) -> None:
         super().__init__()
         if not no_upsampling:
@@ -40,7 +40,10 @@ class RDN(nn.Module):
         if RDNconfig not in _CONFIGS:
             raise ValueError(f"RDNconfig {RDNconfig!r} is not one of {sorted(_CONFIGS)}")
         d, c, g = _CONFIGS[RDNconfig]
-        d, c, g = D or d, C or c, G or g  # optional overrides (smaller models for tests)
+        # optional overrides (smaller models of the same architecture, e.g. for tests)
+        d, c, g = (d if D is None else D), (c if C is None else C), (g if G is None else G)
+        if min(d, c, g, G0) < 1:
+            raise ValueError(f"RDN sizes must be >= 1, got D={d}, C={c}, G={g}, G0={G0}")
         k = RDNkSize
         self.D = d
         self.SFENet1 = nn.Conv2d(3, G0, k, padding=(k - 1) // 2)
@@ -63,5 +66,5 @@ class RDN(nn.Module):
 
 
 def make_rdn(G0: int = 64, RDNkSize: int = 3, RDNconfig: str = "B", no_upsampling: bool = True,
-             D: int | None = None, C: int | None = None, G: int | None = None, **kw: object) -> RDN:
+             D: int | None = None, C: int | None = None, G: int | None = None, scale: int = 2) -> RDN:
     return RDN(G0, RDNkSize, RDNconfig, no_upsampling=no_upsampling, D=D, C=C, G=G)
