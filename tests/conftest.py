@@ -96,9 +96,13 @@ def ray_head(tmp_path_factory):
     yield {"address": address, "gcs": f"127.0.0.1:{gcs}", "env": env}
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
+        pass
+    try:  # the whole process group: gcs, raylet and workers of this head only
         os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _submit_job(ray_head: dict, entrypoint: list[str], *, cwd: str | Path, timeout: float = 300):

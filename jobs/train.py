@@ -1,0 +1,140 @@
+"""``liif train-ray``: distributed LIIF training with Ray Train (DDP), resumable by run name.
+
+Examples::
+
+    python -m jobs.train --config jobs/configs/edsr-baseline-liif.yaml --gt out/gt --workers 2 \\
+        --storage-path runs/ray --run-name edsr-liif --steps 20000
+    python -m jobs.train --config jobs/configs/edsr-baseline-liif.yaml \\
+        --data ../shared/data/train --workers 4 --gpu --set amp=bf16 \\
+        --storage-path s3://bucket/runs --run-name big
+    python -m jobs.train --smoke-test
+
+A rerun with the same --storage-path and --run-name resumes from the latest checkpoint; the final
+weights land in <storage>/<run>/final.safetensors (usable by liif.load_model and upscale --model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from liif.train import TrainConfig
+from pipeline.errors import PipelineError
+from pipeline.ray_train import RayTrainOptions, run_training, summary_json
+
+SMOKE_CONFIG = Path(__file__).resolve().parent / "configs" / "smoke.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="liif train-ray", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML file with TrainConfig keys")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--gt", help="ground-truth output of make-gt (Parquet shards + manifest)")
+    src.add_argument("--data", nargs="+", help="image folders for the on-the-fly sampler")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--storage-path", default="runs/ray", help="local directory or s3://bucket/prefix")
+    p.add_argument("--run-name", default=None, help="run name (default: the config's file name)")
+    p.add_argument("--steps", type=int, default=None, help="total steps (overrides the config)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override config keys (YAML values), e.g. amp=bf16 batch_size=8")
+    p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint, http://host:port")
+    p.add_argument("--max-failures", type=int, default=0, help="worker-group restarts allowed")
+    p.add_argument("--keep", type=int, default=2, help="checkpoints kept")
+    p.add_argument("--val-data", default=None,
+                   help="data root with benchmark/<set>/HR for validation PSNR at checkpoints")
+    p.add_argument("--val-set", default="Set5", help="Set5, Set14 or B100")
+    p.add_argument("--val-images", type=int, default=3)
+    p.add_argument("--smoke-test", action="store_true",
+                   help="tiny synthetic data, smoke config, 2 workers: runs in seconds")
+    return p
+
+
+def _smoke_gt(root: Path) -> str:
+    """Synthetic images -> GT shards (via pipeline.gt, as Ray tasks)."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.gt import GTConfig, make_gt
+
+    rng = np.random.default_rng(0)
+    folder = root / "images"
+    folder.mkdir(parents=True)
+    yy, xx = np.mgrid[0:64, 0:64]
+    for i in range(4):
+        base = 127 + 90 * np.sin(xx / (4 + i)) * np.cos(yy / (5 + i))
+        img = np.stack([base, base.T, 255 - base], -1) + rng.normal(0, 3, (64, 64, 3))
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"s{i}.png")
+    out = str(root / "gt")
+    make_gt(GTConfig(inputs=(str(folder),), output=out, patch=32, stride=32,
+                     scale_range=(1.0, 2.0), lr_size=16, patches_per_shard=8), workers=2,
+            cpus_per_task=0.5)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    a = p.parse_args(argv)
+    tmp = None
+    if a.smoke_test:
+        a.config = a.config or str(SMOKE_CONFIG)
+        a.workers = a.workers if a.workers > 1 else 2
+        a.cpus_per_worker = min(a.cpus_per_worker, 0.5)  # leave CPUs to Ray Data's readers
+        tmp = tempfile.TemporaryDirectory(prefix="liif-train-smoke-")
+        if a.storage_path == p.get_default("storage_path"):
+            a.storage_path = str(Path(tmp.name) / "runs")
+    if not a.config:
+        p.error("--config is required (or use --smoke-test)")
+    cfg_path = Path(a.config)
+    if not cfg_path.is_file():
+        p.error(f"config {a.config!r} does not exist")
+    d = yaml.safe_load(cfg_path.read_text()) or {}
+    for kv in a.set:
+        if "=" not in kv:
+            p.error(f"--set expects KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        d[k] = yaml.safe_load(v)
+    if a.steps is not None:
+        d["steps"] = a.steps
+    try:
+        cfg = TrainConfig.from_dict(d)
+        options = RayTrainOptions(
+            workers=a.workers, use_gpu=a.gpu, cpus_per_worker=a.cpus_per_worker,
+            storage_path=a.storage_path, run_name=a.run_name or cfg_path.stem,
+            s3_endpoint=a.s3_endpoint, max_failures=a.max_failures, num_to_keep=a.keep,
+            val_root=a.val_data, val_set=a.val_set, val_images=a.val_images)
+    except (TypeError, ValueError) as e:
+        p.error(str(e))
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
+    try:
+        gt = a.gt
+        if a.smoke_test and not (gt or a.data):
+            gt = _smoke_gt(Path(tmp.name))
+        summary = run_training(cfg, options, gt=gt, data=a.data,
+                               log=lambda m: print(m, file=sys.stderr, flush=True))
+        if a.smoke_test:
+            import liif
+
+            model = liif.load_model(summary["final"]) if "://" not in summary["final"] else None
+            summary["final_loadable"] = model is not None
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    print(summary_json(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
