@@ -2,6 +2,8 @@
 
     python -m jobs.upscale --input URI --output URI (--scale S | --size WxH) [--model PATH|NAME]
                            [--tile N] [--workers N] [--gpus-per-worker G] [--resume|--overwrite]
+    python -m jobs.upscale --input URI --reference URI --output URI --model TTSR_CHECKPOINT
+                           [--ref-margin N|all] [...]      # reference-based x4 (TTSR)
 
 With no --input it runs the demo: a real sample image bundled with scikit-image, upscaled x3.7 into
 ./out/ as Zarr plus a preview PNG.
@@ -97,7 +99,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", help="also write a downsampled PNG preview to this path")
     p.add_argument("--summary", help="also write the JSON summary to this file")
     p.add_argument("--no-progress", action="store_true")
+    r = p.add_argument_group("reference-based x4 super-resolution (TTSR; scale fixed at 4)")
+    r.add_argument("--reference", metavar="URI",
+                   help="co-registered reference 4x finer than --input (Zarr, GeoTIFF, PNG...): "
+                   "runs pipeline.refsr with a TTSR --model")
+    r.add_argument("--ref-margin", type=_parse_margin, default=16, metavar="N|all",
+                   help="LR pixels of reference searched around each tile (default 16; 'all': "
+                   "the whole reference, equal to whole-image TTSR)")
+    r.add_argument("--ref-bands", type=_parse_bands, help="0-based reference bands, e.g. 0,1,2")
+    r.add_argument("--ref-value-range", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="reference values mapped to [0, 1] (default: its dtype's range)")
+    r.add_argument("--ref-alignment", default="auto", choices=["auto", "georef", "pixel"],
+                   help="georeferenced (both have transforms) or pixel grid x4 (default auto)")
     return p
+
+
+def _parse_margin(text: str) -> int | None:
+    if text.strip().lower() in ("all", "global", "none"):
+        return None
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ref margin {text!r} must be an integer >= 0 or 'all'") \
+            from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"ref margin {text!r} must be an integer >= 0 or 'all'")
+    return v
+
+
+def _run_reference(parser: argparse.ArgumentParser, a: argparse.Namespace) -> int:
+    """``--reference``: reference-based x4 (pipeline.refsr) with the shared options."""
+    import os
+
+    if a.scale is not None and a.scale not in (4.0, (4.0, 4.0)):
+        parser.error(f"--reference runs TTSR at a fixed x4; got --scale {a.scale}")
+    from liif.checkpoint import CheckpointError
+    from pipeline.errors import PipelineError
+    from pipeline.refsr import DEFAULT_MAX_OUTPUT_PIXELS, RefSRConfig, run_refsr
+    from pipeline.sinks import OutputSpec
+    from pipeline.sources import SourceSpec
+
+    threads = a.threads_per_worker
+    workers, gpus = _default_workers(a.gpus_per_worker, threads)
+    if a.workers is not None:
+        workers = a.workers
+    if threads is None and not gpus:
+        threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    try:
+        cfg = RefSRConfig(
+            source=SourceSpec(a.input, array_path=a.array_path, layout=a.layout,
+                              storage_options=a.storage_options, bands=a.bands),
+            reference=SourceSpec(a.reference, layout=a.layout, storage_options=a.storage_options,
+                                 bands=a.ref_bands),
+            output=OutputSpec(a.output, a.output_storage_options), model=a.model,
+            ref_margin=a.ref_margin, alignment=a.ref_alignment, size=a.size, tile=a.tile,
+            chunk=a.chunk, shard=a.shard,
+            value_range=tuple(a.value_range) if a.value_range else None,
+            ref_value_range=tuple(a.ref_value_range) if a.ref_value_range else None,
+            precision=a.precision, executor=a.executor, workers=workers, gpus_per_worker=gpus,
+            threads_per_worker=threads, ray_address=a.address, overwrite=a.overwrite,
+            resume=a.resume, max_output_pixels=a.max_output_pixels or DEFAULT_MAX_OUTPUT_PIXELS,
+            cog=a.cog, preview=a.preview, progress=not a.no_progress)
+        summary = run_refsr(cfg)
+    except (PipelineError, CheckpointError, FileNotFoundError, ValueError, TypeError) as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    text = json.dumps(summary)
+    print(text)
+    if a.summary:
+        Path(a.summary).write_text(text + "\n")
+    return 0
 
 
 def demo_input(out_dir: Path) -> Path:
@@ -141,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     demo = a.input is None
+    if demo and a.reference is not None:
+        parser.error("--reference needs --input (the demo has no reference)")
     if demo:
         if a.output is not None:
             parser.error("--output needs --input (without --input the demo writes to ./out/)")
@@ -157,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             a.resume = True  # re-running the demo continues/keeps the existing result
     if a.output is None:
         parser.error("--output is required with --input")
+    if a.reference is not None:
+        return _run_reference(parser, a)
     if a.scale is None and a.size is None:
         parser.error("give --scale or --size")
 
@@ -181,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             value_range=tuple(a.value_range) if a.value_range else None, precision=a.precision,
             executor=a.executor, workers=workers, gpus_per_worker=gpus,
             threads_per_worker=threads, ray_address=a.address, overwrite=a.overwrite,
-            resume=a.resume, max_output_pixels=a.max_output_pixels or DEFAULT_MAX_OUTPUT_PIXELS,
+            resume=a.resume, max_output_pixels=DEFAULT_MAX_OUTPUT_PIXELS
+            if a.max_output_pixels is None else a.max_output_pixels,  # 0 is an error, not "unset"
             cog=a.cog, preview=a.preview, progress=not a.no_progress)
         summary = run_upscale(cfg)
     except (PipelineError, CheckpointError, FileNotFoundError, ValueError, TypeError) as e:

@@ -15,8 +15,10 @@ class InProcessExecutor:
 
     name = "in-process"
 
-    def __init__(self, job: TileJob) -> None:
-        self.worker = TileWorker(job)
+    def __init__(self, job: TileJob, worker_cls: type | None = None) -> None:
+        # worker_cls: any class with the TileWorker interface (``__init__(job)``, ``process(tile)``
+        # returning a record with "out_pixels", a ``source`` to close); default TileWorker.
+        self.worker = (worker_cls or TileWorker)(job)
 
     def run(self, tiles: Iterable[Tile], progress: Progress) -> list[dict[str, Any]]:
         records = []

@@ -46,7 +46,8 @@ class RayExecutor:
 
     def __init__(self, job: TileJob, *, workers: int, gpus_per_worker: float = 0.0,
                  cpus_per_worker: float | None = None, in_flight_per_worker: int = 2,
-                 max_restarts: int = 3, max_task_retries: int = 3) -> None:
+                 max_restarts: int = 3, max_task_retries: int = 3,
+                 worker_cls: type | None = None) -> None:
         import ray
 
         if workers < 1:
@@ -54,7 +55,8 @@ class RayExecutor:
         threads = job.threads
         if cpus_per_worker is None:
             cpus_per_worker = 1.0 if gpus_per_worker else float(threads or 1)
-        remote_cls = ray.remote(TileWorker).options(
+        # worker_cls: any class with the TileWorker interface (default TileWorker)
+        remote_cls = ray.remote(worker_cls or TileWorker).options(
             num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=max_restarts,
             max_task_retries=max_task_retries)
         self.actors = [remote_cls.remote(job) for _ in range(workers)]
