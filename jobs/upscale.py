@@ -158,7 +158,8 @@ def _run_reference(parser: argparse.ArgumentParser, a: argparse.Namespace) -> in
             ref_value_range=tuple(a.ref_value_range) if a.ref_value_range else None,
             precision=a.precision, executor=a.executor, workers=workers, gpus_per_worker=gpus,
             threads_per_worker=threads, ray_address=a.address, overwrite=a.overwrite,
-            resume=a.resume, max_output_pixels=a.max_output_pixels or DEFAULT_MAX_OUTPUT_PIXELS,
+            resume=a.resume, max_output_pixels=(DEFAULT_MAX_OUTPUT_PIXELS if a.max_output_pixels is None
+                               else a.max_output_pixels),
             cog=a.cog, preview=a.preview, progress=not a.no_progress)
         summary = run_refsr(cfg)
     except (PipelineError, CheckpointError, FileNotFoundError, ValueError, TypeError) as e:

@@ -476,6 +476,22 @@ def _check_target(path: str, storage_options: dict[str, Any], overwrite: bool) -
         raise OutputExistsError(f"{path!r} already exists; pass overwrite=True to replace it")
 
 
+def check_export_target(path: str, *, overwrite: bool = False,
+                        storage_options: dict[str, Any] | None = None) -> None:
+    """Fail now (before any work) if an export to ``path`` would be refused later.
+
+    Raises OutputExistsError (exists, no ``overwrite``) or OutputNotWritableError (local parent
+    missing or not writable).
+    """
+    _check_target(path, dict(storage_options or {}), overwrite)
+    if _is_local(path):
+        parent = os.path.dirname(_normalise_uri(path))
+        if not os.path.isdir(parent):
+            raise OutputNotWritableError(f"cannot write {path!r}: {parent!r} is not a directory")
+        if not os.access(parent, os.W_OK):
+            raise OutputNotWritableError(f"cannot write {path!r}: {parent!r} is not writable")
+
+
 def _deliver(local_tmp: str, path: str, storage_options: dict[str, Any]) -> None:
     """Move a finished local temporary file to ``path`` (local rename, or upload for URLs)."""
     if _is_local(path):

@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError
 from pipeline.progress import Progress
 from pipeline.sinks import (
     OutputSpec,
+    check_export_target,
     create_zarr_output,
     export_geotiff,
     write_preview_png,
@@ -72,6 +74,8 @@ class UpscaleConfig:
             raise ConfigError(f"chunk {self.chunk!r} must be >= 16 pixels")
         if self.overwrite and self.resume:
             raise ConfigError("--overwrite and --resume exclude each other")
+        if self.threads_per_worker is not None and self.threads_per_worker < 1:
+            raise ConfigError(f"threads per worker {self.threads_per_worker!r} must be >= 1")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"precision {self.precision!r} is not one of fp32, bf16, fp16")
 
@@ -85,6 +89,19 @@ def _model_info(model_ref: str) -> tuple[dict, int, str]:
         raise ConfigError(f"model {model_ref!r} ({model.spec['name']}) is not a LIIF model; "
                           "reference-based models need --reference")
     return model.spec, int(model.halo), file_sha256(path)
+
+
+def _norm_uri(uri: str) -> str:
+    if "://" not in uri or uri.startswith("file://"):
+        return str(Path(uri.removeprefix("file://")).resolve())
+    return uri.rstrip("/")
+
+
+def _check_not_overlapping(src: str, out: str) -> None:
+    """Refuse an output that is, contains or lies inside the input (it would be destroyed)."""
+    a, b = _norm_uri(src), _norm_uri(out)
+    if a == b or a.startswith(b + "/") or b.startswith(a + "/"):
+        raise ConfigError(f"output {out!r} overlaps the input {src!r}: choose another output")
 
 
 def prepare(cfg: UpscaleConfig) -> dict[str, Any]:
@@ -106,6 +123,10 @@ def prepare(cfg: UpscaleConfig) -> dict[str, Any]:
         check_output_size(out_shape, cfg.max_output_pixels)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    _check_not_overlapping(cfg.source.uri, cfg.output.uri)
+    for target, ow in ((cfg.cog, cfg.overwrite), (cfg.preview, cfg.overwrite or cfg.resume)):
+        if target:
+            check_export_target(target, overwrite=ow)
     spec, halo, sha = _model_info(cfg.model)
     vr = tuple(cfg.value_range) if cfg.value_range is not None else default_value_range(dtype)
     if not (math.isfinite(vr[0]) and math.isfinite(vr[1]) and vr[0] < vr[1]):
@@ -160,9 +181,9 @@ def run_upscale(cfg: UpscaleConfig) -> dict[str, Any]:
                   in_shape=p["in_shape"], out_shape=(H, W), value_range=p["value_range"],
                   out_dtype=str(p["dtype"]), nodata=p["nodata"], precision=cfg.precision,
                   threads=cfg.threads_per_worker, **cfg.test_hooks)
+    executor = _make_executor(cfg, job)
     progress = Progress(len(tiles), H * W, already_tiles=len(tiles) - len(todo),
                         already_pixels=already, stream=sys.stderr if cfg.progress else None)
-    executor = _make_executor(cfg, job)
     try:
         executor.run(todo, progress)
     finally:
