@@ -280,10 +280,10 @@ def child_memory(spec: dict[str, Any]) -> None:
 
     ensure_ray(num_cpus=2)
     actor_peaks: list[float | None] = []
-    make = up._make_executor
+    make = up.make_executor
 
-    def make_measured(cfg: Any, job: Any) -> Any:
-        ex = make(cfg, job)
+    def make_measured(cfg: Any, job: Any, worker_cls: Any = None) -> Any:
+        ex = make(cfg, job, worker_cls)
         close = ex.close
 
         def close_measured() -> None:
@@ -293,7 +293,7 @@ def child_memory(spec: dict[str, Any]) -> None:
         ex.close = close_measured
         return ex
 
-    up._make_executor = make_measured
+    up.make_executor = make_measured
     summary = run_job(spec["src"], Path(spec["out"]), Path(spec["ckpt"]), scale=spec["scale"],
                       executor="ray", workers=2)
     print(json.dumps({"summary": summary, "actor_peak_mb": actor_peaks,

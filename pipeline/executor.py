@@ -29,4 +29,4 @@ class InProcessExecutor:
         return records
 
     def close(self) -> None:
-        self.worker.source.close()
+        self.worker.close()

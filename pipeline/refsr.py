@@ -45,7 +45,6 @@ from __future__ import annotations
 import math
 import os
 import socket
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -55,13 +54,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import BandSelectionError, ConfigError, InputNotFoundError
-from pipeline.progress import Progress
 from pipeline.sinks import (
     OutputSpec,
     ZarrOutput,
-    create_zarr_output,
-    export_geotiff,
-    write_preview_png,
 )
 from pipeline.sources import SourceSpec, open_source
 from pipeline.tiling import Tile, Window, check_output_size, output_positions, plan_tiles
@@ -695,62 +690,20 @@ def prepare_refsr(cfg: RefSRConfig) -> dict[str, Any]:
 
 def run_refsr(cfg: RefSRConfig) -> dict[str, Any]:
     """Run the job; returns the JSON-ready summary."""
+    from pipeline.upscale import run_plan
+
     p = prepare_refsr(cfg)
-    plan, (H, W) = p["plan"], p["out_shape"]
-    out = create_zarr_output(
-        cfg.output, shape=(p["C"], H, W), dtype=p["dtype"], chunks=(cfg.chunk, cfg.chunk),
-        shards=(cfg.shard, cfg.shard) if cfg.shard else None,
-        fill_value=p["nodata"] if p["nodata"] is not None else 0, attrs=p["attrs"],
-        overwrite=cfg.overwrite, resume=cfg.resume)
-    done = out.manifest.done_keys() if cfg.resume else set()
-    tiles = plan.tiles()
-    todo = [t for t in tiles if t.key not in done]
-    already = sum(t.out_window.size for t in tiles if t.key in done)
-    job = RefTileJob(source=cfg.source, reference=cfg.reference, alignment=p["alignment"],
-                     output_uri=out.uri, output_storage_options=cfg.output.storage_options,
-                     model=cfg.model, in_shape=p["in_shape"], value_range=p["value_range"],
-                     ref_value_range=p["ref_value_range"], out_dtype=str(p["dtype"]),
-                     ref_margin=cfg.ref_margin, nodata=p["nodata"],
-                     threads=cfg.threads_per_worker, **cfg.test_hooks)
-    progress = Progress(len(tiles), H * W, already_tiles=len(tiles) - len(todo),
-                        already_pixels=already, stream=sys.stderr if cfg.progress else None)
-    executor = _make_executor(cfg, job)
-    try:
-        executor.run(todo, progress)
-    finally:
-        executor.close()
-    extras = {}
-    if cfg.cog:
-        extras["cog"] = export_geotiff(out, cfg.cog, cog=True, overwrite=cfg.overwrite)
-    if cfg.preview:
-        write_preview_png(out, cfg.preview, overwrite=cfg.overwrite or cfg.resume)
-        extras["preview"] = cfg.preview
-    stats = plan.stats()
-    return {
-        "output": out.uri, "in_shape": list(p["in_shape"]), "out_shape": [H, W],
-        "bands": p["C"], "dtype": str(p["dtype"]), "scale": [float(SCALE), float(SCALE)],
-        "reference": cfg.reference.uri, "alignment": p["alignment"].method,
-        "ref_offset": [p["alignment"].row_off, p["alignment"].col_off],
-        "ref_margin": cfg.ref_margin, "global_search": p["global_search"],
-        "tiles": len(tiles), "tiles_run": len(todo), "tiles_skipped": len(tiles) - len(todo),
-        "tile": p["tile"], "halo": p["halo"], "useful_fraction": stats["useful_fraction"],
-        "output_mpx": round(H * W / 1e6, 3), "seconds": round(progress.seconds, 3),
-        "mpx_per_s": round(progress.mpx_per_s, 4), "executor": executor.name,
-        "workers": cfg.workers if cfg.executor == "ray" else 1, **extras,
-    }
 
+    def make_job(out: Any) -> RefTileJob:
+        return RefTileJob(source=cfg.source, reference=cfg.reference, alignment=p["alignment"],
+                          output_uri=out.uri, output_storage_options=cfg.output.storage_options,
+                          model=cfg.model, in_shape=p["in_shape"], value_range=p["value_range"],
+                          ref_value_range=p["ref_value_range"], out_dtype=str(p["dtype"]),
+                          ref_margin=cfg.ref_margin, nodata=p["nodata"],
+                          threads=cfg.threads_per_worker, **cfg.test_hooks)
 
-def _make_executor(cfg: RefSRConfig, job: RefTileJob) -> Any:
-    if cfg.executor == "in-process":
-        from pipeline.executor import InProcessExecutor
-
-        class _InProcess(InProcessExecutor):
-            def close(self) -> None:
-                self.worker.close()
-
-        return _InProcess(job, worker_cls=RefTileWorker)
-    from pipeline.ray_executor import RayExecutor, ensure_ray
-
-    ensure_ray(cfg.ray_address)
-    return RayExecutor(job, workers=cfg.workers, gpus_per_worker=cfg.gpus_per_worker,
-                       worker_cls=RefTileWorker)
+    summary = run_plan(cfg, p, make_job, worker_cls=RefTileWorker)
+    return {**summary, "scale": [float(SCALE), float(SCALE)], "reference": cfg.reference.uri,
+            "alignment": p["alignment"].method,
+            "ref_offset": [p["alignment"].row_off, p["alignment"].col_off],
+            "ref_margin": cfg.ref_margin, "global_search": p["global_search"]}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from pipeline.errors import ConfigError
 from pipeline.progress import Progress
 from pipeline.sinks import (
     OutputSpec,
+    ZarrOutput,
     check_export_target,
     create_zarr_output,
     export_geotiff,
@@ -166,6 +168,25 @@ def prepare(cfg: UpscaleConfig) -> dict[str, Any]:
 def run_upscale(cfg: UpscaleConfig) -> dict[str, Any]:
     """Run the job; returns the JSON-ready summary."""
     p = prepare(cfg)
+
+    def make_job(out: ZarrOutput) -> TileJob:
+        return TileJob(source=cfg.source, output_uri=out.uri,
+                       output_storage_options=cfg.output.storage_options, model=cfg.model,
+                       in_shape=p["in_shape"], out_shape=p["out_shape"],
+                       value_range=p["value_range"], out_dtype=str(p["dtype"]), nodata=p["nodata"],
+                       precision=cfg.precision, threads=cfg.threads_per_worker, **cfg.test_hooks)
+
+    return {**run_plan(cfg, p, make_job), "scale": p["attrs"]["scale"]}
+
+
+def run_plan(cfg: Any, p: dict[str, Any], make_job: Callable[[ZarrOutput], Any], *,
+             worker_cls: type | None = None) -> dict[str, Any]:
+    """Create (or resume) the output, run the pending tiles, export; the common summary.
+
+    ``cfg`` carries the output/executor options shared by the LIIF and TTSR jobs; ``p`` is what
+    their ``prepare`` computed (plan, shapes, dtype, nodata, attrs); ``make_job(output)`` builds the
+    picklable job for ``worker_cls`` (default :class:`TileWorker`).
+    """
     plan, (H, W) = p["plan"], p["out_shape"]
     out = create_zarr_output(
         cfg.output, shape=(p["C"], H, W), dtype=p["dtype"], chunks=(cfg.chunk, cfg.chunk),
@@ -176,12 +197,7 @@ def run_upscale(cfg: UpscaleConfig) -> dict[str, Any]:
     tiles = plan.tiles()
     todo = [t for t in tiles if t.key not in done]
     already = sum(t.out_window.size for t in tiles if t.key in done)
-    job = TileJob(source=cfg.source, output_uri=out.uri,
-                  output_storage_options=cfg.output.storage_options, model=cfg.model,
-                  in_shape=p["in_shape"], out_shape=(H, W), value_range=p["value_range"],
-                  out_dtype=str(p["dtype"]), nodata=p["nodata"], precision=cfg.precision,
-                  threads=cfg.threads_per_worker, **cfg.test_hooks)
-    executor = _make_executor(cfg, job)
+    executor = make_executor(cfg, make_job(out), worker_cls)
     progress = Progress(len(tiles), H * W, already_tiles=len(tiles) - len(todo),
                         already_pixels=already, stream=sys.stderr if cfg.progress else None)
     try:
@@ -194,25 +210,25 @@ def run_upscale(cfg: UpscaleConfig) -> dict[str, Any]:
     if cfg.preview:
         write_preview_png(out, cfg.preview, overwrite=cfg.overwrite or cfg.resume)
         extras["preview"] = cfg.preview
-    stats = plan.stats()
     return {
         "output": out.uri, "in_shape": list(p["in_shape"]), "out_shape": [H, W],
-        "bands": p["C"], "dtype": str(p["dtype"]), "scale": p["attrs"]["scale"],
+        "bands": p["C"], "dtype": str(p["dtype"]),
         "tiles": len(tiles), "tiles_run": len(todo), "tiles_skipped": len(tiles) - len(todo),
-        "tile": p["tile"], "halo": p["halo"], "useful_fraction": stats["useful_fraction"],
+        "tile": p["tile"], "halo": p["halo"], "useful_fraction": plan.stats()["useful_fraction"],
         "output_mpx": round(H * W / 1e6, 3), "seconds": round(progress.seconds, 3),
         "mpx_per_s": round(progress.mpx_per_s, 4), "executor": executor.name,
         "workers": cfg.workers if cfg.executor == "ray" else 1, **extras,
     }
 
 
-def _make_executor(cfg: UpscaleConfig, job: TileJob):
+def make_executor(cfg: Any, job: Any, worker_cls: type | None = None) -> Any:
+    """The in-process executor or a Ray actor pool hosting ``worker_cls``, per ``cfg.executor``."""
     if cfg.executor == "in-process":
         from pipeline.executor import InProcessExecutor
 
-        return InProcessExecutor(job)
+        return InProcessExecutor(job, worker_cls=worker_cls)
     from pipeline.ray_executor import RayExecutor, ensure_ray
 
     ensure_ray(cfg.ray_address)
-    return RayExecutor(job, workers=cfg.workers, gpus_per_worker=cfg.gpus_per_worker)
-
+    return RayExecutor(job, workers=cfg.workers, gpus_per_worker=cfg.gpus_per_worker,
+                       worker_cls=worker_cls)

@@ -70,6 +70,9 @@ class TileWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def close(self) -> None:
+        self.source.close()
+
     def upscale_window(self, tile: Tile) -> np.ndarray:
         """The decoded output of ``tile`` ``(C, th, tw)`` in the output dtype (nodata applied)."""
         import torch

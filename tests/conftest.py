@@ -134,3 +134,15 @@ def submit_job(ray_head):
         return _submit_job(ray_head, entrypoint, cwd=cwd, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread per test process: on 2 shared cores, OpenMP barriers between two
+    threads make small ops far slower (measured up to 100x under load). Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

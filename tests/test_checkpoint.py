@@ -28,15 +28,6 @@ SMALL_ENCODER = {"name": "edsr-baseline",
 OFFICIAL_IMNET = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [256, 256, 256, 256]}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, loaded machine OpenMP barriers make 2 threads far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Replace every float tensor of the state (buffers too) so nothing equals a fresh init."""
     g = torch.Generator().manual_seed(seed)

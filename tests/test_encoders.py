@@ -22,14 +22,6 @@ from liif.liif import LIIF
 _HERE = Path(__file__).resolve()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, loaded machine OpenMP barriers make 2 threads far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 _FORMATS_CANDIDATES = (
     _HERE.parents[2] / "shared" / "reference" / "OFFICIAL_FORMATS.md",
     Path("/work/shared/reference/OFFICIAL_FORMATS.md"),

@@ -23,15 +23,6 @@ SMALL_IMNET = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [48, 40, 32]
 SWITCHES = list(itertools.product([True, False], repeat=3))  # ensemble, unfold, cell
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, loaded machine OpenMP barriers make 2 threads far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_model(local_ensemble: bool = True, feat_unfold: bool = True, cell_decode: bool = True,
                *, seed: int = 0, std: float = 0.2, out_gain: float = 1.0,
                imnet: dict | None = None) -> LIIF:

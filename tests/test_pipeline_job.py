@@ -134,10 +134,10 @@ def test_killed_actor_is_restarted_and_job_completes(ray_local, tmp_path: Path, 
     """SIGKILL one of two actors after the first finished tile: Ray restarts it, its tasks are
     retried, the job completes and the output equals the uninterrupted run."""
     state: dict = {}
-    make_executor = upscale_mod._make_executor
+    make_executor = upscale_mod.make_executor
 
-    def capturing(cfg: UpscaleConfig, job: object) -> object:
-        ex = make_executor(cfg, job)
+    def capturing(cfg: UpscaleConfig, job: object, worker_cls: type | None = None) -> object:
+        ex = make_executor(cfg, job, worker_cls)
         state["pids"] = ex.pids()
         return ex
 
@@ -148,7 +148,7 @@ def test_killed_actor_is_restarted_and_job_completes(ray_local, tmp_path: Path, 
                 state["killed"] = state["pids"][1]
                 os.kill(state["killed"], signal.SIGKILL)
 
-    monkeypatch.setattr(upscale_mod, "_make_executor", capturing)
+    monkeypatch.setattr(upscale_mod, "make_executor", capturing)
     monkeypatch.setattr(upscale_mod, "Progress", KillingProgress)
     summary = run_upscale(config(ckpt, job16["src"], tmp_path / "ray.zarr", executor="ray",
                                  workers=2))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,15 +46,6 @@ TOL = 1e-5
 CRS_A, CRS_B = "EPSG:32633", "EPSG:32634"
 X0, Y0 = 500_000.0, 4_600_000.0  # LR origin (top-left corner), metres
 CLI = ["--executor", "in-process", "--no-progress", "--threads-per-worker", "1"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from threads on a shared 2-core machine; restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -20,15 +20,6 @@ SMALL_ENCODER = {"name": "edsr-baseline",
 SMALL_IMNET = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [32, 32]}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, loaded machine OpenMP barriers make 2 threads far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def position_image(h: int = 200, w: int = 230) -> torch.Tensor:
     """uint8 ``(3, h, w)``: R = row, G = column, B = (row + column) mod 256 (h, w <= 256)."""
     y = torch.arange(h)[:, None].expand(h, w)

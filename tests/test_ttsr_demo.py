@@ -6,7 +6,6 @@ A crop of the pair keeps the test to a couple of seconds on a shared 2-core CPU:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +14,6 @@ import torch
 from PIL import Image
 
 from liif.ttsr import TTSR, reference_upscale
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """OpenMP barriers on a busy 2-core machine cost milliseconds per op; restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _load(path: Path) -> torch.Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,16 +22,6 @@ from liif.ttsr.mainnet import MainNet
 from liif.ttsr.train import TTSRLossWeights, make_ttsr_optimizers
 
 SMALL = {"num_res_blocks": "1+1+1+1", "n_feats": 16}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from intra-op threads, and OpenMP barriers on a busy 2-core
-    machine cost milliseconds per op; restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _inputs(seed: int, b: int = 2, h: int = 6, w: int = 5, hr: int = 20, wr: int = 28):

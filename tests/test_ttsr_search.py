@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from liif.ttsr import search_chunked, search_full, transfer
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from intra-op threads, and OpenMP barriers on a busy 2-core
-    machine cost milliseconds per op; restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _features(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
