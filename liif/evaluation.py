@@ -52,7 +52,8 @@ def evaluate_folder(folder: str | Path, scales: Sequence[int],
                 sr = fn(lr, tuple(hr.shape[-2:]))
                 sums[name][s].append(psnr(sr, hr, scale=s, dataset="benchmark"))
         if progress:
-            progress(f"{Path(folder).name}: {i + 1}/{len(files)} images")
+            name = Path(folder).parent.name if Path(folder).name == "HR" else Path(folder).name
+            progress(f"{name}: {i + 1}/{len(files)} images")
     return {m: {s: float(np.mean([v for v in vals if math.isfinite(v)])) for s, vals in d.items()}
             for m, d in sums.items()}
 

@@ -148,10 +148,10 @@ def render(model, z: torch.Tensor, *, in_shape: tuple[int, int], out_shape: tupl
     (h, w), (H, W) = in_shape, out_shape
     uy = axis_positions(h, H, rows[0], rows[1], device=z.device)
     ux = axis_positions(w, W, cols[0], cols[1], device=z.device)
-    w_rel, w_cell = _coord_weights(model, z.dtype, z.device)
-    const = torch.zeros(D, dtype=z.dtype, device=z.device)
+    w_rel, w_cell = _coord_weights(model, torch.float32, z.device)
+    const = torch.zeros(D, dtype=torch.float32, device=z.device)
     if model.cell_decode:
-        rel_cell = torch.tensor([2.0 * h / H, 2.0 * w / W], dtype=z.dtype, device=z.device)
+        rel_cell = torch.tensor([2.0 * h / H, 2.0 * w / W], dtype=torch.float32, device=z.device)
         const = _rank2(rel_cell, w_cell)
     shifts = _BRANCHES_ENSEMBLE if model.local_ensemble else ((0, 0),)
     hiddens, areas = [], []
@@ -164,11 +164,11 @@ def render(model, z: torch.Tensor, *, in_shape: tuple[int, int], out_shape: tupl
                 f"latent rows {int(iy.min()) + offset[0]}..{int(iy.max()) + offset[0]} / cols "
                 f"{int(ix.min()) + offset[1]}..{int(ix.max()) + offset[1]} fall outside the window "
                 f"rows {offset[0]}..{offset[0] + hz - 1}, cols {offset[1]}..{offset[1] + wz - 1}")
-        g = z.index_select(1, iy).index_select(2, ix)  # (B, nr, nc, D)
-        row_term = ry.to(z.dtype)[:, None] * w_rel[:, 0]  # (nr, D)
-        col_term = rx.to(z.dtype)[:, None] * w_rel[:, 1]  # (nc, D)
-        hiddens.append(g + (row_term + const)[None, :, None, :] + col_term[None, None, :, :])
-        areas.append((ry[:, None] * rx[None, :]).abs().to(z.dtype) + 1e-9)
+        g = z.index_select(1, iy).index_select(2, ix).to(dtype)  # (B, nr, nc, D)
+        row_term = (ry.to(w_rel.dtype)[:, None] * w_rel[:, 0] + const).to(dtype)  # (nr, D)
+        col_term = (rx.to(w_rel.dtype)[:, None] * w_rel[:, 1]).to(dtype)  # (nc, D)
+        hiddens.append(g + row_term[None, :, None, :] + col_term[None, None, :, :])
+        areas.append((ry[:, None] * rx[None, :]).abs().float() + 1e-9)
     preds = _tail(model, torch.stack(hiddens), dtype)  # (K, B, nr, nc, out)
     out = _combine(preds, [a[None, :, :] for a in areas], model.local_ensemble)
     return out.permute(0, 3, 1, 2)

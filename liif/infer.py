@@ -73,7 +73,7 @@ def decode(model, feat: torch.Tensor, *, in_shape: tuple[int, int], out_shape: t
 
     The first-layer map is computed once; pixels are decoded in blocks of about ``chunk_pixels``.
     """
-    z = first_layer(model, feat)
+    z = first_layer(model, feat).to(_dtype_for(precision))  # gathered per chunk: cast once
     (r0, r1), (c0, c1) = rows, cols
     out = torch.empty(feat.shape[0], model.imnet.out_dim, r1 - r0, c1 - c0, dtype=torch.float32,
                       device=feat.device)
