@@ -129,7 +129,6 @@ def _parse_margin(text: str) -> int | None:
 
 def _run_reference(parser: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     """``--reference``: reference-based x4 (pipeline.refsr) with the shared options."""
-    import os
 
     if a.scale is not None and a.scale not in (4.0, (4.0, 4.0)):
         parser.error(f"--reference runs TTSR at a fixed x4; got --scale {a.scale}")
@@ -139,12 +138,7 @@ def _run_reference(parser: argparse.ArgumentParser, a: argparse.Namespace) -> in
     from pipeline.sinks import OutputSpec
     from pipeline.sources import SourceSpec
 
-    threads = a.threads_per_worker
-    workers, gpus = _default_workers(a.gpus_per_worker, threads)
-    if a.workers is not None:
-        workers = a.workers
-    if threads is None and not gpus:
-        threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    workers, gpus, threads = _resources(a)
     try:
         cfg = RefSRConfig(
             source=SourceSpec(a.input, array_path=a.array_path, layout=a.layout,
@@ -203,6 +197,19 @@ def _default_workers(gpus_per_worker: float | None, threads: int | None) -> tupl
     return max(1, (os.cpu_count() or 1) // (threads or 1)), 0.0
 
 
+def _resources(a: argparse.Namespace) -> tuple[int, float, int | None]:
+    """(workers, gpus per worker, threads per worker) from the flags and the visible hardware."""
+    import os
+
+    threads = a.threads_per_worker
+    workers, gpus = _default_workers(a.gpus_per_worker, threads)
+    if a.workers is not None:
+        workers = a.workers
+    if threads is None and not gpus:
+        threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    return workers, gpus, threads
+
+
 def main(argv: list[str] | None = None) -> int:
     import os
 
@@ -242,12 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.sources import SourceSpec
     from pipeline.upscale import DEFAULT_MAX_OUTPUT_PIXELS, UpscaleConfig, run_upscale
 
-    threads = a.threads_per_worker
-    workers, gpus = _default_workers(a.gpus_per_worker, threads)
-    if a.workers is not None:
-        workers = a.workers
-    if threads is None and not gpus:
-        threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    workers, gpus, threads = _resources(a)
     try:
         cfg = UpscaleConfig(
             source=SourceSpec(a.input, array_path=a.array_path, layout=a.layout,
