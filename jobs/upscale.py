@@ -132,38 +132,22 @@ def _run_reference(parser: argparse.ArgumentParser, a: argparse.Namespace) -> in
 
     if a.scale is not None and a.scale not in (4.0, (4.0, 4.0)):
         parser.error(f"--reference runs TTSR at a fixed x4; got --scale {a.scale}")
-    from liif.checkpoint import CheckpointError
-    from pipeline.errors import PipelineError
     from pipeline.refsr import DEFAULT_MAX_OUTPUT_PIXELS, RefSRConfig, run_refsr
     from pipeline.sinks import OutputSpec
     from pipeline.sources import SourceSpec
 
-    workers, gpus, threads = _resources(a)
-    try:
-        cfg = RefSRConfig(
+    def build() -> RefSRConfig:
+        return RefSRConfig(
             source=SourceSpec(a.input, array_path=a.array_path, layout=a.layout,
                               storage_options=a.storage_options, bands=a.bands),
             reference=SourceSpec(a.reference, layout=a.layout, storage_options=a.storage_options,
                                  bands=a.ref_bands),
             output=OutputSpec(a.output, a.output_storage_options), model=a.model,
-            ref_margin=a.ref_margin, alignment=a.ref_alignment, size=a.size, tile=a.tile,
-            chunk=a.chunk, shard=a.shard,
-            value_range=tuple(a.value_range) if a.value_range else None,
+            ref_margin=a.ref_margin, alignment=a.ref_alignment, size=a.size,
             ref_value_range=tuple(a.ref_value_range) if a.ref_value_range else None,
-            precision=a.precision, executor=a.executor, workers=workers, gpus_per_worker=gpus,
-            threads_per_worker=threads, ray_address=a.address, overwrite=a.overwrite,
-            resume=a.resume, max_output_pixels=(DEFAULT_MAX_OUTPUT_PIXELS if a.max_output_pixels is None
-                               else a.max_output_pixels),
-            cog=a.cog, preview=a.preview, progress=not a.no_progress)
-        summary = run_refsr(cfg)
-    except (PipelineError, CheckpointError, FileNotFoundError, ValueError, TypeError) as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 2
-    text = json.dumps(summary)
-    print(text)
-    if a.summary:
-        Path(a.summary).write_text(text + "\n")
-    return 0
+            **_common_options(a, DEFAULT_MAX_OUTPUT_PIXELS))
+
+    return _run_and_report(a, build, run_refsr)
 
 
 def demo_input(out_dir: Path) -> Path:
@@ -195,6 +179,36 @@ def _default_workers(gpus_per_worker: float | None, threads: int | None) -> tupl
     if gpus_per_worker:
         return max(1, int(n_gpu / gpus_per_worker)), gpus_per_worker
     return max(1, (os.cpu_count() or 1) // (threads or 1)), 0.0
+
+
+def _common_options(a: argparse.Namespace, default_max_pixels: int) -> dict:
+    """The tiling, value, executor and output options both jobs (LIIF and TTSR) take."""
+    workers, gpus, threads = _resources(a)
+    return dict(
+        tile=a.tile, chunk=a.chunk, shard=a.shard,
+        value_range=tuple(a.value_range) if a.value_range else None, precision=a.precision,
+        executor=a.executor, workers=workers, gpus_per_worker=gpus, threads_per_worker=threads,
+        ray_address=a.address, overwrite=a.overwrite, resume=a.resume,
+        # 0 is an error, not "unset"
+        max_output_pixels=default_max_pixels if a.max_output_pixels is None else a.max_output_pixels,
+        cog=a.cog, preview=a.preview, progress=not a.no_progress)
+
+
+def _run_and_report(a: argparse.Namespace, build, run) -> int:
+    """Build the config and run it; print the JSON summary (exit 0) or the error (exit 2)."""
+    from liif.checkpoint import CheckpointError
+    from pipeline.errors import PipelineError
+
+    try:
+        summary = run(build())
+    except (PipelineError, CheckpointError, FileNotFoundError, ValueError, TypeError) as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    text = json.dumps(summary)
+    print(text)
+    if a.summary:
+        Path(a.summary).write_text(text + "\n")
+    return 0
 
 
 def _resources(a: argparse.Namespace) -> tuple[int, float, int | None]:
@@ -243,34 +257,19 @@ def main(argv: list[str] | None = None) -> int:
     if a.scale is None and a.size is None:
         parser.error("give --scale or --size")
 
-    from liif.checkpoint import CheckpointError
-    from pipeline.errors import PipelineError
     from pipeline.sinks import OutputSpec
     from pipeline.sources import SourceSpec
     from pipeline.upscale import DEFAULT_MAX_OUTPUT_PIXELS, UpscaleConfig, run_upscale
 
-    workers, gpus, threads = _resources(a)
-    try:
-        cfg = UpscaleConfig(
+    def build() -> UpscaleConfig:
+        return UpscaleConfig(
             source=SourceSpec(a.input, array_path=a.array_path, layout=a.layout,
                               storage_options=a.storage_options, bands=a.bands),
             output=OutputSpec(a.output, a.output_storage_options),
-            scale=a.scale, size=a.size, model=a.model, tile=a.tile, chunk=a.chunk, shard=a.shard,
-            value_range=tuple(a.value_range) if a.value_range else None, precision=a.precision,
-            executor=a.executor, workers=workers, gpus_per_worker=gpus,
-            threads_per_worker=threads, ray_address=a.address, overwrite=a.overwrite,
-            resume=a.resume, max_output_pixels=DEFAULT_MAX_OUTPUT_PIXELS
-            if a.max_output_pixels is None else a.max_output_pixels,  # 0 is an error, not "unset"
-            cog=a.cog, preview=a.preview, progress=not a.no_progress)
-        summary = run_upscale(cfg)
-    except (PipelineError, CheckpointError, FileNotFoundError, ValueError, TypeError) as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 2
-    text = json.dumps(summary)
-    print(text)
-    if a.summary:
-        Path(a.summary).write_text(text + "\n")
-    return 0
+            scale=a.scale, size=a.size, model=a.model,
+            **_common_options(a, DEFAULT_MAX_OUTPUT_PIXELS))
+
+    return _run_and_report(a, build, run_upscale)
 
 
 if __name__ == "__main__":
