@@ -20,8 +20,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 from liif.train import TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.ray_train import RayTrainOptions, run_training, summary_json
@@ -94,16 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg_path = Path(a.config)
     if not cfg_path.is_file():
         p.error(f"config {a.config!r} does not exist")
-    d = yaml.safe_load(cfg_path.read_text()) or {}
-    for kv in a.set:
-        if "=" not in kv:
-            p.error(f"--set expects KEY=VALUE, got {kv!r}")
-        k, v = kv.split("=", 1)
-        d[k] = yaml.safe_load(v)
-    if a.steps is not None:
-        d["steps"] = a.steps
+    overrides = list(a.set) + ([f"steps={a.steps}"] if a.steps is not None else [])
     try:
-        cfg = TrainConfig.from_dict(d)
+        cfg = TrainConfig.from_yaml(cfg_path, overrides)
         options = RayTrainOptions(
             workers=a.workers, use_gpu=a.gpu, cpus_per_worker=a.cpus_per_worker,
             storage_path=a.storage_path, run_name=a.run_name or cfg_path.stem,

@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
-
 from liif.train import TrainConfig, psnr_model_on, train
 
 
@@ -37,14 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg_path = Path(a.config)
     if not cfg_path.is_file():
         p.error(f"config {a.config!r} does not exist")
-    d = yaml.safe_load(cfg_path.read_text()) or {}
-    for kv in a.set:
-        if "=" not in kv:
-            p.error(f"--set expects KEY=VALUE, got {kv!r}")
-        k, v = kv.split("=", 1)
-        d[k] = yaml.safe_load(v)
     try:
-        cfg = TrainConfig.from_dict(d)
+        cfg = TrainConfig.from_yaml(cfg_path, a.set)
     except (TypeError, ValueError) as e:
         p.error(str(e))
     validate = set5_validation(Path(a.val_data)) if a.val_data else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,10 +66,48 @@ class TrainConfig:
         for k in ("data", "milestones"):
             if k in d and d[k] is not None:
                 d[k] = tuple(d[k]) if not isinstance(d[k], str) else (d[k],)
+        for k, v in d.items():
+            d[k] = _coerce(k, v, cls.__dataclass_fields__[k].type)
         return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+        """Config from a YAML file plus ``KEY=VALUE`` overrides (values parsed as YAML)."""
+        import yaml
+
+        d = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(d, dict):
+            raise ValueError(f"config {str(path)!r} must hold a mapping of keys, got {type(d).__name__}")
+        for kv in overrides:
+            if "=" not in kv:
+                raise ValueError(f"--set expects KEY=VALUE, got {kv!r}")
+            k, v = kv.split("=", 1)
+            d[k.strip()] = yaml.safe_load(v)
+        return cls.from_dict(d)
 
     def sampler_config(self) -> SamplerConfig:
         return SamplerConfig(self.inp_size, self.scale_min, self.scale_max, self.sample_q)
+
+
+def _coerce(key: str, value: Any, annotation: str) -> Any:
+    """Numbers written as YAML 1.1 strings (``1e-4``) become numbers; other mismatches raise."""
+    kind = {"int": int, "float": float}.get(str(annotation).split(" |")[0])
+    if kind is None or value is None or isinstance(value, bool):
+        if kind is not None and isinstance(value, bool):
+            raise ValueError(f"config key {key!r} must be a number, got {value!r}")
+        return value
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"config key {key!r} must be a number, got {value!r}") from None
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"config key {key!r} must be a number, got {value!r}")
+    if kind is int:
+        if float(value) != int(value):
+            raise ValueError(f"config key {key!r} must be an integer, got {value!r}")
+        return int(value)
+    return float(value)
 
 
 def make_model(cfg: TrainConfig) -> nn.Module:

@@ -355,6 +355,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                 metrics.update(validate(module))
             if rank == 0:
                 history.append(metrics)
+                print(_progress_line(config.get("run_name"), cfg.steps, metrics), flush=True)
                 if writer is not None:
                     for k, v in metrics.items():
                         if k != "step":
@@ -378,6 +379,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         # train_step alone (forward, backward, DDP all-reduce, optimizer), after the first
         "step_time_s": round(float(np.mean(compute[1:])), 5) if len(compute) > 1 else None,
     }
+
+
+def _progress_line(run: str | None, steps: int, metrics: dict[str, Any]) -> str:
+    """One human-readable line per log interval (rank 0; Ray forwards it to the driver)."""
+    extra = " ".join(f"{k} {v}" for k, v in metrics.items()
+                     if k not in ("step", "loss", "lr", "samples_per_s", "seconds"))
+    return (f"train {run or ''} step {metrics['step']}/{steps} loss {metrics['loss']:.4f} "
+            f"lr {metrics['lr']:.2e} {metrics['samples_per_s']:.1f} samples/s "
+            f"{metrics['seconds']:.0f} s {extra}").rstrip()
 
 
 def _report(metrics: dict[str, Any], step: int, save: bool, rank: int, module: nn.Module,

@@ -128,3 +128,13 @@ def test_storage_on_s3_with_folder_sampler_and_validation(ray_local, moto_s3, ea
     assert [r["step"] for r in rows] == [3]
     assert 10 < rows[0]["val_Set5_psnr_x2"] < 80 and s["metrics"]["val_Set5_psnr_x2"] > 10
     assert os.environ["AWS_ACCESS_KEY_ID"] == "testing"
+
+
+def test_progress_line_names_step_loss_rate_and_validation():
+    from pipeline.ray_train import _progress_line
+
+    line = _progress_line("run1", 500, {"step": 50, "loss": 0.04567, "lr": 1e-4,
+                                        "samples_per_s": 7.25, "seconds": 61.4,
+                                        "psnr_set5_x2": 33.1})
+    assert line == ("train run1 step 50/500 loss 0.0457 lr 1.00e-04 7.2 samples/s 61 s "
+                    "psnr_set5_x2 33.1")

@@ -211,3 +211,26 @@ def test_train_config_validation() -> None:
     with pytest.raises(ValueError, match="unknown training config keys"):
         TrainConfig.from_dict({"stepz": 3})
     assert TrainConfig.from_dict({"data": "x", "milestones": [0.5]}).data == ("x",)
+
+
+def test_config_from_yaml_with_overrides_coerces_yaml11_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 100\nlr: 2.0e-4\nmilestones: [0.5]\n")
+    # PyYAML (YAML 1.1) reads '1e-4' and '1.5e3' as strings: they must still become numbers
+    cfg = TrainConfig.from_yaml(path, ["lr=1e-4", "steps=1.5e3", "milestones=[0.6, 0.85]",
+                                       "grad_clip=1e-1"])
+    assert cfg.lr == 1e-4 and isinstance(cfg.lr, float)
+    assert cfg.steps == 1500 and isinstance(cfg.steps, int)
+    assert cfg.milestones == (0.6, 0.85) and cfg.grad_clip == 0.1
+    assert TrainConfig.from_yaml(path).lr == 2e-4
+    for bad, msg in ((["lr=abc"], "'lr' must be a number, got 'abc'"),
+                     (["steps=2.5"], "'steps' must be an integer, got 2.5"),
+                     (["batch_size=true"], "'batch_size' must be a number, got True"),
+                     (["lr=[1]"], "'lr' must be a number"),
+                     (["oops"], "KEY=VALUE, got 'oops'"),
+                     (["stepz=3"], "unknown training config keys")):
+        with pytest.raises(ValueError, match=msg.replace("[", r"\[")):
+            TrainConfig.from_yaml(path, bad)
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ValueError, match="must hold a mapping"):
+        TrainConfig.from_yaml(tmp_path / "list.yaml")
