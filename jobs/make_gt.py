@@ -6,6 +6,8 @@ Examples::
         --scale-range 1 4 --lr-size 48 --seed 0 --workers 2
     python -m jobs.make_gt --input 's3://bucket/scenes/*.tif' --output out/gt --random 500 \\
         --scales 2 3 4 --patch 192 --bands 2 1 0 --value-range 0 10000 --noise 0 0.02 --resume
+    python -m jobs.make_gt --input ../shared/data/train --output out/gt_ref --patch 160 \
+        --scales 4 --lr-size 40 --reference view --ref-size 160 --random 8
     python -m jobs.make_gt --smoke-test
 """
 
@@ -92,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JPEG quality of the LR (one value, or MIN MAX)")
     p.add_argument("--lr-dtype", choices=("float32", "native"), default="float32",
                    help="store the LR unquantised (float32) or in the source dtype")
+    ref = p.add_mutually_exclusive_group()
+    ref.add_argument("--reference", choices=("view",), default=None,
+                     help="add a TTSR reference per sample: 'view' = another view of the same "
+                          "source (shifted, rotated, rescaled, re-lit; the GT window excluded). "
+                          "Needs --scales 4")
+    ref.add_argument("--reference-input", default=None, metavar="URI",
+                     help="instead, a co-registered raster (same CRS/dtype) whose window around "
+                          "each GT crop is its reference. Needs --scales 4")
+    p.add_argument("--reference-bands", nargs="+", type=int, default=None,
+                   help="0-based bands of --reference-input")
+    p.add_argument("--ref-size", type=int, default=160, help="reference side (multiple of 4)")
+    p.add_argument("--ref-shift", type=int, default=0,
+                   help="--reference-input: shift its window by up to this many pixels")
     p.add_argument("--patches-per-shard", type=int, default=128)
     p.add_argument("--workers", type=int, default=2,
                    help="Ray tasks at once (0: in-process, no Ray)")
@@ -129,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             value_range=tuple(a.value_range) if a.value_range else None,
             bands=tuple(a.bands) if a.bands else None, blur=a.blur, noise=a.noise, jpeg=a.jpeg,
             lr_dtype=a.lr_dtype, patches_per_shard=a.patches_per_shard,
+            reference=a.reference, reference_input=a.reference_input,
+            reference_bands=tuple(a.reference_bands) if a.reference_bands else None,
+            ref_size=a.ref_size, ref_shift=a.ref_shift,
             storage_options=_storage_options(a.storage_option, p))
     except PipelineError as e:
         p.error(str(e))

@@ -58,6 +58,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import ConfigError, InputNotFoundError, OutputExistsError
 from pipeline.georef import window_transform
+from pipeline.refpairs import ViewParams, raster_window, synth_view
 from pipeline.sources import SourceSpec, open_source
 from pipeline.values import default_value_range, from_unit, nodata_mask, to_unit
 
@@ -105,6 +106,14 @@ SCHEMA = pa.schema([
     ("blur_sigma", pa.float64()),        # null: not applied
     ("noise_std", pa.float64()),         # in unit (0..1) space; null: not applied
     ("jpeg_quality", pa.int32()),        # null: not applied
+    # reference-based SR pairs (null unless the config asks for references):
+    ("ref", pa.binary()),                # (C, R, R), same dtype and value units as hr
+    ("ref_shape", pa.list_(pa.int32())),
+    ("ref_dtype", pa.string()),
+    ("ref_kind", pa.string()),           # "view" (same source, GT excluded) or "raster"
+    ("ref_uri", pa.string()),            # the raster the reference was cut from
+    ("ref_window", pa.list_(pa.int64())),  # "raster": window in the reference raster
+    ("ref_params", pa.string()),         # JSON: view geometry and light, or the shift
 ])
 
 
@@ -153,6 +162,13 @@ class GTConfig:
         lr_dtype: ``"float32"`` (unquantised, the paper's setting) or ``"native"`` (rounded
             and clipped to the source dtype, as a sensor would store it).
         patches_per_shard: candidate patches per task and shard.
+        reference: ``"view"``: add a reference per sample, another view of the same source
+            with the GT window excluded (:func:`pipeline.refpairs.synth_view`); needs scale 4.
+        reference_input: instead, a co-registered raster (same CRS and dtype) whose window
+            of ``ref_size`` px centred on each GT crop is the reference.
+        reference_bands: 0-based bands of ``reference_input`` (default: all).
+        ref_size: reference side in pixels (a multiple of 4).
+        ref_shift: ``reference_input`` only: the window is shifted by up to this many pixels.
         storage_options: fsspec options for remote inputs and output (never written out).
     """
 
@@ -174,6 +190,11 @@ class GTConfig:
     jpeg: tuple[int, int] | None = None
     lr_dtype: str = "float32"
     patches_per_shard: int = 128
+    reference: str | None = None
+    reference_input: str | None = None
+    reference_bands: tuple[int, ...] | None = None
+    ref_size: int = 160
+    ref_shift: int = 0
     storage_options: dict[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -234,6 +255,36 @@ class GTConfig:
             set_(k, v)
         if self.lr_dtype not in ("float32", "native"):
             raise ConfigError(f"lr_dtype {self.lr_dtype!r} is not 'float32' or 'native'")
+        self._check_reference()
+
+    def _check_reference(self) -> None:
+        if self.reference not in (None, "view"):
+            raise ConfigError(f"reference {self.reference!r} is not 'view' (or None)")
+        if self.reference_input is not None:
+            if self.reference is not None:
+                raise ConfigError("give reference='view' or reference_input, not both")
+            if not isinstance(self.reference_input, str | os.PathLike) \
+                    or not os.fspath(self.reference_input):
+                raise ConfigError(f"reference_input {self.reference_input!r} must be a URI")
+            object.__setattr__(self, "reference_input", os.fspath(self.reference_input))
+        if self.reference_bands is not None:
+            object.__setattr__(self, "reference_bands", tuple(int(b) for b in self.reference_bands))
+        if isinstance(self.ref_shift, bool) or not isinstance(self.ref_shift, int) \
+                or self.ref_shift < 0:
+            raise ConfigError(f"ref_shift must be an integer >= 0, got {self.ref_shift!r}")
+        if not self.with_reference:
+            return
+        if self.scale_range is not None or self.scales != (4.0,):
+            raise ConfigError(
+                f"reference pairs are x4 (TTSR): use --scales 4 without --scale-range (got scales "
+                f"{list(self.scales)}, scale_range {self.scale_range})")
+        if isinstance(self.ref_size, bool) or not isinstance(self.ref_size, int) \
+                or self.ref_size < 16 or self.ref_size % 4:
+            raise ConfigError(f"ref_size must be a multiple of 4 and >= 16, got {self.ref_size!r}")
+
+    @property
+    def with_reference(self) -> bool:
+        return self.reference is not None or self.reference_input is not None
 
     @property
     def grid_stride(self) -> int:
@@ -476,9 +527,16 @@ def _scales_for(cfg: GTConfig, rng: np.random.Generator) -> list[float]:
     return drawn + list(cfg.scales)
 
 
+Reference = Callable[[np.random.Generator, tuple[int, int, int, int]], dict[str, Any] | None]
+
+
 def _samples_of_patch(cand: _Candidate, block: np.ndarray, meta: dict[str, Any], cfg: GTConfig,
-                      rows: dict[str, list], stats: dict[str, int]) -> None:
-    """Append the samples of one HR patch ``block (C, P, P)`` (native dtype) to ``rows``."""
+                      rows: dict[str, list], stats: dict[str, int],
+                      reference: Reference | None = None) -> None:
+    """Append the samples of one HR patch ``block (C, P, P)`` (native dtype) to ``rows``.
+
+    ``reference(rng, window)`` gives the reference columns for the GT crop ``window`` (source
+    pixels) or ``None`` (the sample is skipped and counted as ``skipped_no_reference``)."""
     vr = meta["value_range"]
     if nodata_mask(block, meta["nodata"]).any() or (
             block.dtype.kind == "f" and not np.isfinite(block).all()):
@@ -501,6 +559,14 @@ def _samples_of_patch(cand: _Candidate, block: np.ndarray, meta: dict[str, Any],
         else:
             lr = (lr_unit * (vr[1] - vr[0]) + vr[0]).astype(np.float32)
         r0, c0 = cand.row0 + oy, cand.col0 + ox
+        ref = None
+        if reference is not None:
+            ref = reference(rng, (r0, r0 + side, c0, c0 + side))
+            if ref is None:
+                stats["skipped_no_reference"] += 1
+                continue
+        for key in _REF_COLUMNS:
+            rows[key].append(None if ref is None else ref.get(key))
         rows["sample_id"].append(f"s{cand.source}-p{cand.patch_index}-k{k}")
         rows["source_index"].append(cand.source)
         rows["source_uri"].append(meta["uri"])
@@ -551,13 +617,113 @@ def _write_atomic(fs: Any, path: str, payload: bytes) -> None:
         fs.invalidate_cache(parent)
 
 
+_REF_COLUMNS = ("ref", "ref_shape", "ref_dtype", "ref_kind", "ref_uri", "ref_window", "ref_params")
+_VIEW = ViewParams()
+
+
+def _patch_and_reference(src: Any, ref_src: Any, c: _Candidate, meta: dict[str, Any],
+                         cfg: GTConfig) -> tuple[np.ndarray, Reference | None]:
+    """The ``(C, P, P)`` patch of candidate ``c`` and, when the config asks for references, the
+    function that makes one for a GT crop of it."""
+    p = cfg.patch
+    if ref_src is not None:
+        block = src.read((c.row0, c.row0 + p), (c.col0, c.col0 + p))
+        return block, lambda rng, window: _raster_reference(ref_src, rng, window, meta, cfg)
+    if cfg.reference != "view":
+        return src.read((c.row0, c.row0 + p), (c.col0, c.col0 + p)), None
+    # the view may lie anywhere within its footprint diameter (+ bicubic support) of the patch
+    margin = int(math.ceil(2 * _VIEW.footprint_radius(cfg.ref_size))) + 4
+    _, h, w = src.shape
+    y0, x0 = max(0, c.row0 - margin), max(0, c.col0 - margin)
+    y1, x1 = min(h, c.row0 + p + margin), min(w, c.col0 + p + margin)
+    context = src.read((y0, y1), (x0, x1))
+    block = np.ascontiguousarray(context[:, c.row0 - y0:c.row0 - y0 + p,
+                                         c.col0 - x0:c.col0 - x0 + p])
+
+    def view(rng: np.random.Generator, window: tuple[int, int, int, int]) -> dict[str, Any] | None:
+        unit = to_unit(context, meta["value_range"])
+        invalid = nodata_mask(context, meta["nodata"])
+        if context.dtype.kind == "f":
+            invalid = invalid | ~np.isfinite(context).all(axis=0)
+            unit = np.nan_to_num(unit)
+        local = (window[0] - y0, window[1] - y0, window[2] - x0, window[3] - x0)
+        found = synth_view(unit, local, cfg.ref_size, _VIEW, rng,
+                           invalid=invalid if invalid.any() else None)
+        if found is None:
+            return None
+        ref_unit, info = found
+        info["center"] = [info["center"][0] + y0, info["center"][1] + x0]  # source pixels
+        ref = np.ascontiguousarray(from_unit(ref_unit, context.dtype, meta["value_range"]))
+        return {"ref": ref.tobytes(), "ref_shape": list(ref.shape), "ref_dtype": str(ref.dtype),
+                "ref_kind": "view", "ref_uri": meta["uri"], "ref_window": None,
+                "ref_params": json.dumps(info, sort_keys=True)}
+
+    return block, view
+
+
+def _raster_reference(ref_src: Any, rng: np.random.Generator, window: tuple[int, int, int, int],
+                      meta: dict[str, Any], cfg: GTConfig) -> dict[str, Any] | None:
+    """The reference raster's window centred on the GT crop ``window`` (None: outside/nodata)."""
+    if meta["transform"] is None:
+        raise ConfigError(f"{meta['uri']!r} has no transform; reference_input needs "
+                          "georeferenced inputs")
+    shift = (0, 0)
+    if cfg.ref_shift:
+        shift = tuple(int(v) for v in rng.integers(-cfg.ref_shift, cfg.ref_shift + 1, size=2))
+    crop_transform = window_transform(meta["transform"], window[0], window[2])
+    rw = raster_window(crop_transform, window[1] - window[0], ref_src.transform,
+                       ref_src.shape[1:], cfg.ref_size, shift)
+    if rw is None:
+        return None
+    ref = np.ascontiguousarray(ref_src.read((rw[0], rw[1]), (rw[2], rw[3])))
+    if nodata_mask(ref, ref_src.nodata).any() or (ref.dtype.kind == "f"
+                                                   and not np.isfinite(ref).all()):
+        return None
+    return {"ref": ref.tobytes(), "ref_shape": list(ref.shape), "ref_dtype": str(ref.dtype),
+            "ref_kind": "raster", "ref_uri": ref_src.uri, "ref_window": list(rw),
+            "ref_params": json.dumps({"shift": list(shift)})}
+
+
+def _check_reference_input(cfg: GTConfig, specs: list[SourceSpec]) -> None:
+    """The reference raster must share the inputs' CRS and dtype and be georeferenced."""
+    assert cfg.reference_input is not None
+    ref_spec = SourceSpec(cfg.reference_input, storage_options=cfg.storage_options,
+                          bands=cfg.reference_bands)
+    with open_source(ref_spec) as ref:
+        if ref.crs is None or ref.transform is None:
+            raise ConfigError(f"reference_input {ref.uri!r} has no CRS/transform; it is aligned "
+                              "to the inputs by georeference")
+        for spec in specs:
+            with open_source(spec) as src:
+                if src.crs is None or src.transform is None:
+                    raise ConfigError(f"input {src.uri!r} has no CRS/transform; reference_input "
+                                      "needs georeferenced inputs")
+                if _crs_key(src.crs) != _crs_key(ref.crs):
+                    raise ConfigError(f"input {src.uri!r} and reference {ref.uri!r} have "
+                                      "different CRS; reproject one of them first")
+                if src.dtype != ref.dtype or src.shape[0] != ref.shape[0]:
+                    raise ConfigError(
+                        f"reference {ref.uri!r} is {ref.shape[0]} x {ref.dtype}, input "
+                        f"{src.uri!r} {src.shape[0]} x {src.dtype}: they must match (select bands "
+                        "with --bands / --reference-bands)")
+
+
+def _crs_key(wkt: str) -> str:
+    try:
+        from rasterio.crs import CRS
+
+        return CRS.from_user_input(wkt).to_string()
+    except Exception:  # noqa: BLE001 - fall back to the text itself
+        return wkt
+
+
 def _run_shard(task: _ShardTask) -> dict[str, Any]:
     """Cut, degrade and write one shard; returns its manifest record (small)."""
     t0 = time.perf_counter()
     cfg = task.config
     rows: dict[str, list] = {f.name: [] for f in SCHEMA}
     stats = {"candidates": len(task.candidates), "patches": 0, "samples": 0,
-             "skipped_nodata": 0, "skipped_flat": 0}
+             "skipped_nodata": 0, "skipped_flat": 0, "skipped_no_reference": 0}
     by_source: dict[int, list[_Candidate]] = {}
     for c in task.candidates:
         by_source.setdefault(c.source, []).append(c)
@@ -566,9 +732,17 @@ def _run_shard(task: _ShardTask) -> dict[str, Any]:
             vr = cfg.value_range or default_value_range(src.dtype)
             meta = {"uri": src.uri, "nodata": src.nodata, "crs": src.crs,
                     "transform": src.transform, "value_range": (float(vr[0]), float(vr[1]))}
-            for c in cands:
-                block = src.read((c.row0, c.row0 + cfg.patch), (c.col0, c.col0 + cfg.patch))
-                _samples_of_patch(c, block, meta, cfg, rows, stats)
+            ref_src = (open_source(SourceSpec(cfg.reference_input,
+                                              storage_options=cfg.storage_options,
+                                              bands=cfg.reference_bands))
+                       if cfg.reference_input else None)
+            try:
+                for c in cands:
+                    block, reference = _patch_and_reference(src, ref_src, c, meta, cfg)
+                    _samples_of_patch(c, block, meta, cfg, rows, stats, reference)
+            finally:
+                if ref_src is not None:
+                    ref_src.close()
     record: dict[str, Any] = {**stats, "file": None, "bytes": 0,
                               "sources": sorted(by_source)}
     if stats["samples"]:
@@ -609,7 +783,8 @@ def shard_paths(output: str, storage_options: dict[str, Any] | None = None) -> l
 
 
 def _totals(shards: dict[str, dict[str, Any]]) -> dict[str, int]:
-    keys = ("candidates", "patches", "samples", "skipped_nodata", "skipped_flat")
+    keys = ("candidates", "patches", "samples", "skipped_nodata", "skipped_flat",
+            "skipped_no_reference")
     tot = {k: sum(int(r[k]) for r in shards.values()) for k in keys}
     tot["shards"] = sum(1 for r in shards.values() if r["file"])
     return tot
@@ -725,6 +900,8 @@ def make_gt(cfg: GTConfig, *, workers: int = 2, overwrite: bool = False, resume:
     probes: list[dict[str, Any]] = [{}] * len(specs)
     for i, p in run(_probe, specs):
         probes[i] = p
+    if cfg.reference_input:
+        _check_reference_input(cfg, specs)
     tasks = _plan(cfg, probes, specs)
     too_small = [p["uri"] for p in probes if min(p["shape"][1:]) < cfg.patch]
     if too_small:

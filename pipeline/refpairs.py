@@ -1,0 +1,239 @@
+"""Reference images for reference-based SR (TTSR) training pairs, cut from the data we have.
+
+CUFED5 is not available offline, so a reference is made in one of two ways:
+
+``view``
+    Another view of the same scene: a square crop of the same source, elsewhere in it, rotated,
+    rescaled and re-lit, whose footprint never touches the ground-truth window (the LR region is
+    excluded, so the network cannot copy the answer). :func:`synth_view`.
+``raster``
+    A co-registered second raster (another date, another sensor, other bands) covering the
+    ground-truth footprint: the window of ``ref_size`` pixels of that raster centred on the GT
+    window's georeferenced centre, optionally shifted. :func:`raster_window`.
+    :func:`write_overlap_pair` cuts two overlapping, georeferenced GeoTIFFs from one raster with
+    different bands (e.g. NAIP RGB and its NIR-R-G composite) to build such pairs from real data.
+
+Geometry convention: pixel ``(r, c)`` covers ``[r, r + 1) x [c, c + 1)``; its centre is
+``(r + 0.5, c + 0.5)``. Windows are ``(row0, row1, col0, col1)``, half-open.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+
+__all__ = ["ViewParams", "raster_window", "relight", "rotated_square", "sample_view",
+           "squares_disjoint", "synth_view", "write_overlap_pair"]
+
+Window = tuple[int, int, int, int]
+
+
+def _range(name: str, value: Sequence[float], lo_ok: float, hi_ok: float) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} {value!r} must be two numbers (lo, hi)") from None
+    if not (lo_ok <= lo <= hi <= hi_ok):
+        raise ConfigError(f"{name} {value!r} must satisfy {lo_ok} <= lo <= hi <= {hi_ok}")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class ViewParams:
+    """Ranges the synthetic views are drawn from (uniformly).
+
+    ``zoom``: source pixels per reference pixel (>1 sees a wider area, coarser); ``angle`` in
+    degrees; ``gain`` and ``gamma``: ``ref = gain * x ** gamma`` per image, times a per-band
+    ``tint``; ``tries``: placements tried before a patch is given up (no room outside the GT).
+    """
+
+    zoom: tuple[float, float] = (0.8, 1.25)
+    angle: tuple[float, float] = (-30.0, 30.0)
+    gain: tuple[float, float] = (0.75, 1.25)
+    gamma: tuple[float, float] = (0.8, 1.25)
+    tint: tuple[float, float] = (0.95, 1.05)
+    tries: int = 64
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        set_("zoom", _range("zoom", self.zoom, 0.25, 4.0))
+        set_("angle", _range("angle", self.angle, -180.0, 180.0))
+        set_("gain", _range("gain", self.gain, 0.05, 20.0))
+        set_("gamma", _range("gamma", self.gamma, 0.05, 20.0))
+        set_("tint", _range("tint", self.tint, 0.05, 20.0))
+        if isinstance(self.tries, bool) or not isinstance(self.tries, int) or self.tries < 1:
+            raise ConfigError(f"tries must be a positive integer, got {self.tries!r}")
+
+    def footprint_radius(self, ref_size: int) -> float:
+        """Largest distance from a view's centre to its footprint's corner, in source pixels."""
+        return ref_size * self.zoom[1] * math.sqrt(0.5)
+
+
+def rotated_square(center: tuple[float, float], side: float, angle_deg: float) -> np.ndarray:
+    """``(4, 2)`` corners ``(y, x)`` of a square of ``side`` centred at ``center`` (y, x), rotated
+    by ``angle_deg``; the same geometry as :func:`sample_view` (+x right, +y down)."""
+    t = math.radians(angle_deg)
+    c, s = math.cos(t), math.sin(t)
+    h = side / 2.0
+    corners = []
+    for u, v in ((-h, -h), (h, -h), (h, h), (-h, h)):  # (x, y) offsets, in order
+        corners.append((center[0] - s * u + c * v, center[1] + c * u + s * v))
+    return np.asarray(corners, dtype=np.float64)
+
+
+def _window_corners(w: Window) -> np.ndarray:
+    r0, r1, c0, c1 = w
+    return np.asarray([(r0, c0), (r0, c1), (r1, c1), (r1, c0)], dtype=np.float64)
+
+
+def squares_disjoint(a: np.ndarray, b: np.ndarray, gap: float = 0.0) -> bool:
+    """Whether convex polygons ``a`` and ``b`` (``(N, 2)`` corners in order) are at least
+    ``gap`` apart along some edge normal (separating-axis test; touching is not disjoint)."""
+    for poly in (a, b):
+        for i in range(len(poly)):
+            edge = poly[(i + 1) % len(poly)] - poly[i]
+            axis = np.array([-edge[1], edge[0]])
+            norm = float(np.hypot(*axis))
+            if norm == 0.0:
+                continue
+            axis /= norm
+            pa_, pb_ = a @ axis, b @ axis
+            if pa_.max() + gap < pb_.min() or pb_.max() + gap < pa_.min():
+                return True
+    return False
+
+
+def sample_view(unit: np.ndarray, center: tuple[float, float], zoom: float, angle_deg: float,
+                ref_size: int, clamp: bool = True) -> np.ndarray:
+    """Resample ``unit`` ``(C, H, W)`` on a rotated, scaled grid: ``(C, R, R)`` float64.
+
+    Reference pixel ``(i, j)`` centre maps to ``center + rot(angle) @ ((j + .5 - R/2) * zoom,
+    (i + .5 - R/2) * zoom)`` in the source (bicubic, borders replicated, clamped to 0..1
+    unless ``clamp=False``).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    c, h, w = unit.shape
+    t = math.radians(angle_deg)
+    off = (np.arange(ref_size, dtype=np.float64) + 0.5 - ref_size / 2.0) * zoom
+    vv, uu = np.meshgrid(off, off, indexing="ij")  # v down (rows), u right (cols)
+    xs = center[1] + math.cos(t) * uu + math.sin(t) * vv
+    ys = center[0] - math.sin(t) * uu + math.cos(t) * vv
+    grid = np.stack([2.0 * xs / w - 1.0, 2.0 * ys / h - 1.0], axis=-1)[None]
+    out = F.grid_sample(torch.from_numpy(np.ascontiguousarray(unit, dtype=np.float64))[None],
+                        torch.from_numpy(grid), mode="bicubic", padding_mode="border",
+                        align_corners=False)
+    return (out[0].clamp_(0.0, 1.0) if clamp else out[0]).numpy()
+
+
+def relight(x: np.ndarray, gain: float, gamma: float, tint: Sequence[float]) -> np.ndarray:
+    """``clip(gain * tint[c] * x ** gamma, 0, 1)`` for ``x`` ``(C, H, W)`` in 0..1."""
+    t = np.asarray(tint, dtype=np.float64).reshape(-1, 1, 1)
+    return np.clip(gain * t * np.power(np.clip(x, 0.0, 1.0), gamma), 0.0, 1.0)
+
+
+def synth_view(unit: np.ndarray, exclude: Window, ref_size: int, params: ViewParams,
+               rng: np.random.Generator, invalid: np.ndarray | None = None
+               ) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """A re-lit, rotated, rescaled ``(C, ref_size, ref_size)`` view of ``unit`` ``(C, H, W)``
+    (0..1) whose footprint lies inside the image and is disjoint from the ``exclude`` window
+    (by more than the bicubic support, 2 px) and, if given, touches no ``invalid`` ``(H, W)``
+    pixel (nodata). ``None`` when ``params.tries`` placements fail.
+    Returns the view (float64, 0..1) and its parameters (centre, zoom, angle, light)."""
+    _, h, w = unit.shape
+    ex = _window_corners(exclude)
+    for _ in range(params.tries):
+        zoom = float(rng.uniform(*params.zoom))
+        angle = float(rng.uniform(*params.angle))
+        side = ref_size * zoom
+        radius = side * math.sqrt(0.5) + 2.0
+        if 2 * radius >= min(h, w):
+            continue
+        cy = float(rng.uniform(radius, h - radius))
+        cx = float(rng.uniform(radius, w - radius))
+        if not squares_disjoint(rotated_square((cy, cx), side, angle), ex, gap=2.0):
+            continue
+        if invalid is not None:
+            # any weight (also a negative bicubic lobe) on a nodata pixel rejects the view
+            hit = sample_view(invalid[None].astype(np.float64), (cy, cx), zoom, angle, ref_size,
+                              clamp=False)
+            if (np.abs(hit) > 1e-12).any():
+                continue
+        gain = float(rng.uniform(*params.gain))
+        gamma = float(rng.uniform(*params.gamma))
+        tint = [float(v) for v in rng.uniform(*params.tint, size=unit.shape[0])]
+        view = relight(sample_view(unit, (cy, cx), zoom, angle, ref_size), gain, gamma, tint)
+        info = {"center": [cy, cx], "zoom": zoom, "angle": angle, "gain": gain,
+                "gamma": gamma, "tint": tint}
+        return view, info
+    return None
+
+
+def raster_window(hr_transform: Sequence[float], hr_side: int, ref_transform: Sequence[float],
+                  ref_shape: tuple[int, int], ref_size: int, shift: tuple[int, int] = (0, 0)
+                  ) -> Window | None:
+    """The ``ref_size`` window of the reference raster centred on the GT crop's centre.
+
+    ``hr_transform``: affine ``(a, b, c, d, e, f)`` of the GT crop (x = a col + b row + c,
+    y = d col + e row + f); ``ref_transform`` the reference raster's; ``shift`` ``(dy, dx)`` in
+    reference pixels. ``None`` when the window leaves the raster ``ref_shape`` ``(H, W)``.
+    """
+    a, b, c, d, e, f = (float(v) for v in hr_transform)
+    x = a * hr_side / 2 + b * hr_side / 2 + c
+    y = d * hr_side / 2 + e * hr_side / 2 + f
+    ra, rb, rc, rd, re_, rf = (float(v) for v in ref_transform)
+    det = ra * re_ - rb * rd
+    if det == 0:
+        raise ConfigError(f"reference transform {tuple(ref_transform)} is not invertible")
+    col = (re_ * (x - rc) - rb * (y - rf)) / det
+    row = (-rd * (x - rc) + ra * (y - rf)) / det
+    r0 = int(math.floor(row - ref_size / 2 + 0.5)) + int(shift[0])
+    c0 = int(math.floor(col - ref_size / 2 + 0.5)) + int(shift[1])
+    if r0 < 0 or c0 < 0 or r0 + ref_size > ref_shape[0] or c0 + ref_size > ref_shape[1]:
+        return None
+    return r0, r0 + ref_size, c0, c0 + ref_size
+
+
+def write_overlap_pair(source: str, out_a: str, out_b: str, *, split: float = 0.75,
+                       bands_a: Sequence[int] = (0, 1, 2), bands_b: Sequence[int] = (3, 0, 1)
+                       ) -> tuple[str, str]:
+    """Cut two overlapping, georeferenced GeoTIFFs from one raster: A = columns
+    ``[0, split * W)`` with ``bands_a``, B = columns ``[(1 - split) * W, W)`` with ``bands_b``
+    (0-based). Both keep the CRS, the nodata value and their own transforms, so a GT job can
+    align them by georeference. Refuses to overwrite existing files."""
+    import os
+
+    import rasterio
+    from rasterio.windows import Window as RWindow
+
+    if not 0.5 < split < 1.0:
+        raise ConfigError(f"split {split!r} must lie in (0.5, 1) so that the halves overlap")
+    for out in (out_a, out_b):
+        if os.path.exists(out):
+            raise ConfigError(f"{out!r} exists; remove it first (nothing is overwritten)")
+    with rasterio.open(source) as src:
+        if src.crs is None:
+            raise ConfigError(f"{source!r} has no CRS; an overlap pair needs georeferencing")
+        for name, bands in (("bands_a", bands_a), ("bands_b", bands_b)):
+            bad = [b for b in bands if not 0 <= int(b) < src.count]
+            if bad or not bands:
+                raise ConfigError(f"{name} {tuple(bands)!r}: {source!r} has bands 0..{src.count - 1}")
+        w = src.width
+        cut_a, cut_b = int(round(split * w)), int(round((1.0 - split) * w))
+        for out, bands, col0, col1 in ((out_a, bands_a, 0, cut_a), (out_b, bands_b, cut_b, w)):
+            win = RWindow(col0, 0, col1 - col0, src.height)
+            data = src.read([int(b) + 1 for b in bands], window=win)
+            profile = dict(driver="GTiff", width=col1 - col0, height=src.height,
+                           count=len(bands), dtype=data.dtype, crs=src.crs,
+                           transform=src.window_transform(win), nodata=src.nodata,
+                           compress="deflate", tiled=True, blockxsize=256, blockysize=256)
+            with rasterio.open(out, "w", **profile) as dst:
+                dst.write(data)
+    return out_a, out_b
