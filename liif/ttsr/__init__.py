@@ -8,6 +8,7 @@ Pure PyTorch; key-compatible with the official ``TTSR-rec.pt`` / ``TTSR.pt``::
 """
 
 from liif.ttsr.checkpoint import build_ttsr, is_official_ttsr_state_dict, load_official_ttsr
+from liif.ttsr.data import ref_batch
 from liif.ttsr.infer import reference_upscale
 from liif.ttsr.model import TTSR, TTSROutput
 from liif.ttsr.search import SearchResult, search_chunked, search_full, transfer
@@ -15,6 +16,6 @@ from liif.ttsr.train import TTSRLossWeights, make_ttsr_optimizers, ttsr_train_st
 
 __all__ = [
     "TTSR", "SearchResult", "TTSRLossWeights", "TTSROutput", "build_ttsr",
-    "is_official_ttsr_state_dict", "load_official_ttsr", "make_ttsr_optimizers",
+    "is_official_ttsr_state_dict", "load_official_ttsr", "make_ttsr_optimizers", "ref_batch",
     "reference_upscale", "search_chunked", "search_full", "transfer", "ttsr_train_step",
 ]

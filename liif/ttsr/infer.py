@@ -28,6 +28,28 @@ def _bicubic(x: torch.Tensor, size: tuple[int, int], antialias: bool = False) ->
     return y.clamp(0.0, 1.0)
 
 
+def ttsr_inputs_from_unit(
+    lr: torch.Tensor, ref: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The input math shared by :func:`prepare_ttsr_inputs` and :func:`liif.ttsr.data.ref_batch`.
+
+    ``lr`` ``(3, h, w)`` and ``ref`` ``(3, Hr, Wr)`` in [0, 1] (not validated) ->
+    ``(lr, lr_up, ref, ref_down_up)`` in [-1, 1] with a batch axis: ``(1, 3, h, w)``,
+    ``(1, 3, 4h, 4w)`` and twice ``(1, 3, Hr', Wr')``, where the ref is cropped (top-left) to
+    ``Hr' = Hr // 4 * 4``, ``Wr' = Wr // 4 * 4``; lr_up = bicubic x4, ref_down_up =
+    antialiased bicubic /4 then bicubic x4, each resampling clamped to [0, 1].
+    """
+    h, w = lr.shape[-2:]
+    hr, wr = (ref.shape[1] // 4) * 4, (ref.shape[2] // 4) * 4
+    if hr == 0 or wr == 0:
+        raise ValueError(f"ref must be at least 4x4 pixels, got {tuple(ref.shape[1:])}")
+    lr_b = lr[None]
+    ref_b = ref[None, :, :hr, :wr]
+    lr_up = _bicubic(lr_b, (4 * h, 4 * w))
+    ref_down_up = _bicubic(_bicubic(ref_b, (hr // 4, wr // 4), antialias=True), (hr, wr))
+    return tuple(t * 2.0 - 1.0 for t in (lr_b, lr_up, ref_b, ref_down_up))  # type: ignore[return-value]
+
+
 def prepare_ttsr_inputs(
     lr: torch.Tensor, ref: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -38,15 +60,7 @@ def prepare_ttsr_inputs(
     ref = _check_image("ref", ref)
     if lr.device != ref.device:
         raise ValueError(f"lr is on {lr.device}, ref on {ref.device}")
-    h, w = lr.shape[-2:]
-    hr, wr = (ref.shape[1] // 4) * 4, (ref.shape[2] // 4) * 4
-    if hr == 0 or wr == 0:
-        raise ValueError(f"ref must be at least 4x4 pixels, got {tuple(ref.shape[1:])}")
-    lr_b = lr[None]
-    ref_b = ref[None, :, :hr, :wr]
-    lr_up = _bicubic(lr_b, (4 * h, 4 * w))
-    ref_down_up = _bicubic(_bicubic(ref_b, (hr // 4, wr // 4), antialias=True), (hr, wr))
-    return tuple(t * 2.0 - 1.0 for t in (lr_b, lr_up, ref_b, ref_down_up))  # type: ignore[return-value]
+    return ttsr_inputs_from_unit(lr, ref)
 
 
 def reference_upscale(model: TTSR, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
