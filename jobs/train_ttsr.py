@@ -355,44 +355,25 @@ def train_ttsr(cfg: TTSRTrainConfig, *, samples: Sequence[RefSample] | None = No
 # --------------------------------------------------------------------------------------- CLI
 
 
-def _positive_int(value: str) -> int:
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
-    return v
+def _checked(kind: type, ok: Any, what: str) -> Any:
+    """An argparse ``type`` that converts with ``kind`` and requires ``ok(value)``."""
+
+    def parse(value: str) -> Any:
+        try:
+            v = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value!r}")
+        return v
+
+    return parse
 
 
-def _positive_float(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value!r}")
-    return v
-
-
-def _non_negative_float(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {value!r}") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {value!r}")
-    return v
-
-
-def _fraction(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        v = math.nan
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction of --steps in (0, 1), got {value!r}")
-    return v
+_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
+_positive_float = _checked(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+_non_negative_float = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
+_fraction = _checked(float, lambda v: 0 < v < 1, "a fraction of --steps in (0, 1)")
 
 
 def _blocks(value: str) -> str:
