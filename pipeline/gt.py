@@ -40,6 +40,7 @@ Columns: see :data:`SCHEMA`; arrays are raw C-order bytes plus shape and dtype
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob as _glob
 import io
@@ -727,22 +728,19 @@ def _run_shard(task: _ShardTask) -> dict[str, Any]:
     by_source: dict[int, list[_Candidate]] = {}
     for c in task.candidates:
         by_source.setdefault(c.source, []).append(c)
-    for src_index, cands in by_source.items():
-        with open_source(task.specs[src_index]) as src:
-            vr = cfg.value_range or default_value_range(src.dtype)
-            meta = {"uri": src.uri, "nodata": src.nodata, "crs": src.crs,
-                    "transform": src.transform, "value_range": (float(vr[0]), float(vr[1]))}
-            ref_src = (open_source(SourceSpec(cfg.reference_input,
-                                              storage_options=cfg.storage_options,
-                                              bands=cfg.reference_bands))
-                       if cfg.reference_input else None)
-            try:
+    with contextlib.ExitStack() as stack:
+        ref_src = (stack.enter_context(open_source(SourceSpec(
+            cfg.reference_input, storage_options=cfg.storage_options,
+            bands=cfg.reference_bands))) if cfg.reference_input else None)
+        for src_index, cands in by_source.items():
+            with open_source(task.specs[src_index]) as src:
+                vr = cfg.value_range or default_value_range(src.dtype)
+                meta = {"uri": src.uri, "nodata": src.nodata, "crs": src.crs,
+                        "transform": src.transform,
+                        "value_range": (float(vr[0]), float(vr[1]))}
                 for c in cands:
                     block, reference = _patch_and_reference(src, ref_src, c, meta, cfg)
                     _samples_of_patch(c, block, meta, cfg, rows, stats, reference)
-            finally:
-                if ref_src is not None:
-                    ref_src.close()
     record: dict[str, Any] = {**stats, "file": None, "bytes": 0,
                               "sources": sorted(by_source)}
     if stats["samples"]:
