@@ -3,7 +3,8 @@
 Two frames describe the same points:
 
 * the paper's frame: ``[-1, 1]`` over the image, ordered ``(y, x)``; pixel ``i`` of a side of
-  ``n`` pixels has its centre at ``-1 + (2 i + 1) / n``;
+  ``n`` pixels has its centre at ``-1 + (2 i + 1) / n``, computed with the official code's
+  float32 arithmetic (:func:`paper_coord`) so that relative coordinates round as the paper's do;
 * the latent-index frame (``u``) used by the fast path and the tiler: latent code ``i`` sits at
   ``u = i``, so output pixel ``j`` of ``n_out`` over ``n_in`` latents is at
   ``u_j = (j + 0.5) * (n_in / n_out) - 0.5`` (computed in float64, identically everywhere).
@@ -17,12 +18,28 @@ from numbers import Real
 import torch
 
 
+def paper_coord(idx: torch.Tensor, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Centres of pixels ``idx`` (any shape, integer values) of a side of ``n``, in ``[-1, 1]``.
+
+    The official ``make_coord`` expression, operation for operation: ``r = 2 / (2 n)`` in double,
+    then ``(-1 + r) + (2 r) * idx`` in ``dtype``. It depends only on ``(idx, n)``, so a tile that
+    computes it from global indices gets the very numbers the whole image gets.
+    """
+    if n <= 0:
+        raise ValueError(f"axis length n={n!r} must be positive")
+    r = (1 - -1) / (2 * n)
+    return -1 + r + (2 * r) * idx.to(dtype)
+
+
 def make_coord(
     shape: tuple[int, ...], *, flatten: bool = True, dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Pixel-centre coordinates in ``[-1, 1]``: ``(prod(shape), ndim)`` or ``(*shape, ndim)``."""
-    axes = [-1 + (2 * torch.arange(n, dtype=dtype, device=device) + 1) / n for n in shape]
+    """Pixel-centre coordinates in ``[-1, 1]``: ``(prod(shape), ndim)`` or ``(*shape, ndim)``.
+
+    Bit-identical to the official LIIF ``make_coord`` in float32 (see :func:`paper_coord`).
+    """
+    axes = [paper_coord(torch.arange(n, device=device), n, dtype) for n in shape]
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
     return grid.reshape(-1, len(shape)) if flatten else grid
 

@@ -7,9 +7,13 @@ What makes it fast, relative to :func:`liif.liif.query_reference`:
   per image (``first_layer``) and each query gathers one hidden vector per ensemble branch, then
   adds the rank-2 terms of the relative coordinate and the cell.
 * The four ensemble branches go through the remaining MLP layers as one batched call.
-* Latent indices and relative coordinates are computed in float64 in the *global* latent-index frame
-  (:mod:`liif.coords`), so a tile decoded from a window of the latent grid gives the same numbers as
-  the whole image: that is what makes tiled inference exact.
+* Latent indices are chosen in float64 in the *global* latent-index frame (:mod:`liif.coords`), and
+  relative coordinates are the paper's float32 expression ``(coord - q_coord) * h`` evaluated from
+  *global* indices (:func:`liif.coords.paper_coord`), so a tile decoded from a window of the latent
+  grid gives the same numbers as the whole image (that is what makes tiled inference exact) and
+  the same numbers as the official code, including where its float32 rounding decides the
+  ensemble weights (an output pixel exactly on the last latent centre: there the exact relative
+  coordinate is 0 on both branches of an axis and only the rounding residue weighs the other axis).
 * Optional bf16/fp16 for the MLP (``precision=``).
 """
 
@@ -18,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from liif.coords import axis_positions
+from liif.coords import axis_positions, paper_coord
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _BRANCHES_ENSEMBLE = ((-1, -1), (-1, 1), (1, -1), (1, 1))
@@ -46,18 +50,26 @@ def first_layer(model, feat: torch.Tensor) -> torch.Tensor:
     return z.permute(0, 2, 3, 1).contiguous()
 
 
-def axis_branch(u: torch.Tensor, shift: int, n: int, ensemble: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest latent index and relative coordinate along one axis (global frame, float64).
+def axis_branch(u: torch.Tensor, shift: int, n: int, ensemble: bool) -> torch.Tensor:
+    """Nearest latent index along one axis for positions ``u`` (global latent frame, float64).
 
     Mirrors the paper: shift the query by ``shift`` half-cells plus 1e-6 (in [-1, 1] units), clamp
-    to ``[-1 + 1e-6, 1 - 1e-6]``, take the nearest latent (round half to even, as grid_sample),
-    and return ``rel = (query - latent) * n`` in [-1, 1] units, i.e. ``2 * (u - i)``.
+    to ``[-1 + 1e-6, 1 - 1e-6]``, take the nearest latent (round half to even, as grid_sample).
+    ``u`` ``(N,)`` float64 -> ``(N,)`` int64 in ``[0, n)``.
     """
     eps = 1e-6 * n / 2  # 1e-6 in [-1, 1] units, expressed in latent units
     us = u + (shift * 0.5 + eps if ensemble else 0.0)
     us = us.clamp(eps - 0.5, n - 0.5 - eps)
-    idx = torch.round(us).clamp_(0, n - 1).to(torch.long)
-    return idx, 2.0 * (u - idx.to(u.dtype))
+    return torch.round(us).clamp_(0, n - 1).to(torch.long)
+
+
+def rel_coord(coord: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """The paper's relative coordinate along one axis: ``(coord - q_coord) * n`` in coord's dtype.
+
+    ``coord`` (any shape, [-1, 1] units) and the latent indices ``idx`` (same shape) of an axis of
+    ``n`` latents; ``q_coord`` is the latent centre as the official ``make_coord`` rounds it.
+    """
+    return (coord - paper_coord(idx, n, coord.dtype)) * n
 
 
 def _tail(model, hidden: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -107,11 +119,11 @@ def query_points(model, feat: torch.Tensor, coord: torch.Tensor, cell: torch.Ten
     shifts = _BRANCHES_ENSEMBLE if model.local_ensemble else ((0, 0),)
     hiddens, areas = [], []
     for sy, sx in shifts:
-        iy, _ = axis_branch(uy, sy, h, model.local_ensemble)
-        ix, _ = axis_branch(ux, sx, w, model.local_ensemble)
+        iy = axis_branch(uy, sy, h, model.local_ensemble)
+        ix = axis_branch(ux, sx, w, model.local_ensemble)
         # relative coordinate in the caller's frame and dtype, exactly as the paper computes it
-        ry = (coord[..., 0] - (-1 + (2 * iy.to(coord.dtype) + 1) / h)) * h
-        rx = (coord[..., 1] - (-1 + (2 * ix.to(coord.dtype) + 1) / w)) * w
+        ry = rel_coord(coord[..., 0], iy, h)
+        rx = rel_coord(coord[..., 1], ix, w)
         flat = (iy * w + ix).unsqueeze(-1).expand(-1, -1, z.shape[-1])
         rel = torch.stack([ry, rx], dim=-1).to(feat.dtype)
         hiddens.append(torch.gather(z, 1, flat) + _rank2(rel, w_rel) + const)
@@ -124,8 +136,8 @@ def _combine(preds: torch.Tensor, areas: list[torch.Tensor], ensemble: bool) -> 
     """Area-weighted sum of branch predictions ``(K, ..., out)``; diagonal swap of the areas."""
     if not ensemble:
         return preds[0]
+    total = torch.stack(torch.broadcast_tensors(*areas)).sum(dim=0)  # the paper's order
     areas = areas[::-1]
-    total = areas[0] + areas[1] + areas[2] + areas[3]
     out = preds[0] * (areas[0] / total).unsqueeze(-1)
     for k in range(1, 4):
         out = out + preds[k] * (areas[k] / total).unsqueeze(-1)
@@ -148,16 +160,21 @@ def render(model, z: torch.Tensor, *, in_shape: tuple[int, int], out_shape: tupl
     (h, w), (H, W) = in_shape, out_shape
     uy = axis_positions(h, H, rows[0], rows[1], device=z.device)
     ux = axis_positions(w, W, cols[0], cols[1], device=z.device)
+    # the output pixels' paper coordinates, from global indices (float32, as make_coord rounds)
+    cy = paper_coord(torch.arange(rows[0], rows[1], device=z.device), H)
+    cx = paper_coord(torch.arange(cols[0], cols[1], device=z.device), W)
     w_rel, w_cell = _coord_weights(model, torch.float32, z.device)
     const = torch.zeros(D, dtype=torch.float32, device=z.device)
-    if model.cell_decode:
-        rel_cell = torch.tensor([2.0 * h / H, 2.0 * w / W], dtype=torch.float32, device=z.device)
+    if model.cell_decode:  # the paper's cell (2 / H, 2 / W) in float32, times (h, w) in float32
+        rel_cell = torch.tensor([2 / H, 2 / W], dtype=torch.float32, device=z.device)
+        rel_cell = rel_cell * torch.tensor([h, w], dtype=torch.float32, device=z.device)
         const = _rank2(rel_cell, w_cell)
     shifts = _BRANCHES_ENSEMBLE if model.local_ensemble else ((0, 0),)
     hiddens, areas = [], []
     for sy, sx in shifts:
-        iy, ry = axis_branch(uy, sy, h, model.local_ensemble)
-        ix, rx = axis_branch(ux, sx, w, model.local_ensemble)
+        iy = axis_branch(uy, sy, h, model.local_ensemble)
+        ix = axis_branch(ux, sx, w, model.local_ensemble)
+        ry, rx = rel_coord(cy, iy, h), rel_coord(cx, ix, w)  # float32, the paper's rounding
         iy, ix = iy - offset[0], ix - offset[1]
         if len(iy) and (iy.min() < 0 or iy.max() >= hz or ix.min() < 0 or ix.max() >= wz):
             raise IndexError(
@@ -165,10 +182,10 @@ def render(model, z: torch.Tensor, *, in_shape: tuple[int, int], out_shape: tupl
                 f"{int(ix.min()) + offset[1]}..{int(ix.max()) + offset[1]} fall outside the window "
                 f"rows {offset[0]}..{offset[0] + hz - 1}, cols {offset[1]}..{offset[1] + wz - 1}")
         g = z.index_select(1, iy).index_select(2, ix).to(dtype)  # (B, nr, nc, D)
-        row_term = (ry.to(w_rel.dtype)[:, None] * w_rel[:, 0] + const).to(dtype)  # (nr, D)
-        col_term = (rx.to(w_rel.dtype)[:, None] * w_rel[:, 1]).to(dtype)  # (nc, D)
+        row_term = (ry[:, None] * w_rel[:, 0] + const).to(dtype)  # (nr, D)
+        col_term = (rx[:, None] * w_rel[:, 1]).to(dtype)  # (nc, D)
         hiddens.append(g + row_term[None, :, None, :] + col_term[None, None, :, :])
-        areas.append((ry[:, None] * rx[None, :]).abs().float() + 1e-9)
+        areas.append((ry[:, None] * rx[None, :]).abs() + 1e-9)
     preds = _tail(model, torch.stack(hiddens), dtype)  # (K, B, nr, nc, out)
     out = _combine(preds, [a[None, :, :] for a in areas], model.local_ensemble)
     return out.permute(0, 3, 1, 2)

@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from liif.coords import axis_positions, make_coord, output_size
-from liif.fast import axis_branch, first_layer, render
+from liif.coords import axis_positions, make_coord, output_size, paper_coord
+from liif.fast import axis_branch, first_layer, rel_coord, render
 from liif.infer import upscale
 from liif.liif import LIIF, query_reference
 
@@ -72,8 +72,6 @@ def test_query_fast_equals_reference(ensemble: bool, unfold: bool, cell_decode: 
     g = torch.Generator().manual_seed(h + w)
     feat = torch.randn(2, 16, h, w, generator=g)
     coord, cell = random_queries(h, w, 96, seed=h)
-    keep = ~_on_last_latent_centre(coord[0], h, w)  # covered separately below
-    coord, cell = coord[:, keep], cell[:, keep]
     coord, cell = coord.expand(2, -1, -1).contiguous(), cell.expand(2, -1, -1).contiguous()
     cell = cell if cell_decode else None
     with torch.no_grad():
@@ -123,8 +121,6 @@ def test_query_fast_is_differentiable_like_reference() -> None:
     model = make_model(seed=3)
     feat = torch.randn(1, 16, 7, 11, generator=torch.Generator().manual_seed(3))
     coord, cell = random_queries(7, 11, 32, seed=3)
-    keep = ~_on_last_latent_centre(coord[0], 7, 11)
-    coord, cell = coord[:, keep], cell[:, keep]
     grads = []
     for impl in ("reference", "fast"):
         model.zero_grad()
@@ -141,9 +137,29 @@ def test_ensemble_branches_match_paper_at_a_centre() -> None:
     u = torch.tensor([3.0], dtype=torch.float64)
     picks = {s: int(axis_branch(u, s, h, True)[0]) for s in (-1, 1)}
     assert picks == {-1: 3, 1: 4}  # the 1e-6 shift breaks the tie upwards
-    idx, rel = axis_branch(torch.tensor([-0.5, h - 0.5], dtype=torch.float64), 1, h, True)
+    idx = axis_branch(torch.tensor([-0.5, h - 0.5], dtype=torch.float64), 1, h, True)
     assert idx.tolist() == [0, h - 1]  # clamped at the borders
-    assert rel.tolist() == [-1.0, 1.0]
+    rel = rel_coord(torch.tensor([-1.0, 1.0]), idx, h)
+    torch.testing.assert_close(rel, torch.tensor([-1.0, 1.0]), atol=1e-6, rtol=0)
+    assert rel.dtype == torch.float32  # the paper's dtype, not float64
+
+
+def test_rel_coord_keeps_the_papers_rounding_at_the_last_centre() -> None:
+    """37x53 at x3: output column 157 lies exactly on the last latent centre (52).
+
+    Both x-branches clamp to latent 52, so the exact relative coordinate is 0 on both and the
+    area weights would all be 1e-9 (equal). The paper's float32 ``(coord - q_coord) * w`` leaves
+    a tiny residue that is the same on both branches and cancels in the weights: the y-branches
+    keep their proper interpolation weights. ``rel_coord`` reproduces that residue bit for bit.
+    """
+    w, W, j = 53, 159, 157
+    cx = paper_coord(torch.tensor([j]), W)
+    exact = 2 * (axis_positions(w, W, j, j + 1) - 52)
+    assert float(exact) == 0.0
+    paper = (make_coord((W,))[j, 0] - make_coord((w,))[52, 0]) * w  # the official expression
+    got = rel_coord(cx, torch.tensor([52]), w)
+    assert torch.equal(got, paper.reshape(1))
+    assert float(got) != 0.0, "no rounding residue: this case would not test the fix"
 
 
 @pytest.mark.parametrize("scale", [1.5, 2, 2.7, 4, (2, 3.5), 0.6])
@@ -213,7 +229,7 @@ def test_upscale_default_mlp_matches_reference() -> None:
 def _latent_range(h: int, H: int, start: int, stop: int, ensemble: bool) -> tuple[int, int]:
     """Latent indices ``[lo, hi]`` that output rows ``[start, stop)`` read (every branch)."""
     u = axis_positions(h, H, start, stop)
-    idx = torch.cat([axis_branch(u, s, h, ensemble)[0] for s in ((-1, 1) if ensemble else (0,))])
+    idx = torch.cat([axis_branch(u, s, h, ensemble) for s in ((-1, 1) if ensemble else (0,))])
     return int(idx.min()), int(idx.max())
 
 
@@ -370,12 +386,25 @@ def test_make_coord_centres(n: int) -> None:
     c = make_coord((n, 3), dtype=torch.float64)
     i = torch.arange(n, dtype=torch.float64)
     assert c.shape == (3 * n, 2)
-    torch.testing.assert_close(c.reshape(n, 3, 2)[:, 0, 0], -1 + (2 * i + 1) / n, atol=0, rtol=0)
+    torch.testing.assert_close(c.reshape(n, 3, 2)[:, 0, 0], -1 + (2 * i + 1) / n, atol=1e-15, rtol=0)
     torch.testing.assert_close(c.reshape(n, 3, 2)[0, :, 1],
                                torch.tensor([-2 / 3, 0.0, 2 / 3], dtype=torch.float64),
                                atol=1e-15, rtol=0)
     grid = make_coord((n, 3), flatten=False)
     assert grid.shape == (n, 3, 2)
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 53, 159, 480, 1001, 4097])
+def test_make_coord_is_the_official_expression(n: int) -> None:
+    """Bit for bit the official ``v0 + r + (2 * r) * torch.arange(n).float()``, r = (v1 - v0) / 2n."""
+    v0, v1 = -1, 1
+    r = (v1 - v0) / (2 * n)
+    official = v0 + r + (2 * r) * torch.arange(n).float()
+    assert torch.equal(make_coord((n,))[:, 0], official)
+    idx = torch.tensor([0, n - 1, n // 2])
+    assert torch.equal(paper_coord(idx, n), official[idx])  # any subset: tiles get the same values
+    with pytest.raises(ValueError, match="n=0"):
+        paper_coord(idx, 0)
 
 
 def test_axis_positions_match_make_coord() -> None:
