@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from liif.liif import LIIF
@@ -61,18 +61,57 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, *, training: dict[str, Any] | None = None,
-                    half: bool = False) -> Path:
-    """Write ``model`` as safetensors + JSON spec. ``half`` stores float tensors as fp16."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
+              torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
+              torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file, deterministically: the same tensors and metadata give the same bytes.
+
+    ``safetensors.torch.save_file`` writes the metadata in hash-map order, which changes from one
+    process to the next; here the header is JSON with sorted keys (metadata and tensor names),
+    tensors are laid out in name order, and the header is space-padded to 8 bytes, as the format
+    specifies. Any safetensors reader loads it.
+    """
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        if t.dtype not in _ST_DTYPES:
+            raise CheckpointError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
+        blob = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    head = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode()
+    head += b" " * (-len(head) % 8)
+    return len(head).to_bytes(8, "little") + head + b"".join(blobs)
+
+
+def checkpoint_bytes(model: nn.Module, *, training: dict[str, Any] | None = None,
+                     half: bool = False) -> bytes:
+    """The bytes :func:`save_checkpoint` writes for ``model`` (deterministic)."""
+    sd = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     if half:
         sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
-    meta = {"liif_format": FORMAT_VERSION, "spec": json.dumps(model.spec),
-            "training": json.dumps(training or {})}
+    meta = {"liif_format": FORMAT_VERSION, "spec": json.dumps(model.spec, sort_keys=True),
+            "training": json.dumps(training or {}, sort_keys=True)}
+    return safetensors_bytes(sd, meta)
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, *, training: dict[str, Any] | None = None,
+                    half: bool = False) -> Path:
+    """Write ``model`` as safetensors + JSON spec (atomically; byte-reproducible).
+
+    ``half`` stores float tensors as fp16 (loaded back into the model's fp32).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = checkpoint_bytes(model, training=training, half=half)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(sd, str(tmp), metadata=meta)
+    tmp.write_bytes(data)
     tmp.replace(path)
     path.chmod(0o644)
     return path
@@ -123,10 +162,18 @@ def _torch_load(path: Path) -> Any:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str | None = None) -> nn.Module:
-    """Load ours (``.safetensors``), an official LIIF ``.pth`` or an official TTSR ``.pt``."""
+    """Load ours (``.safetensors``), an official LIIF ``.pth`` or an official TTSR ``.pt``.
+
+    A name that is not a file but a bundled model (``"edsr-baseline-liif"``) loads that model,
+    so training configs can say ``init: edsr-baseline-liif``.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        if not (WEIGHTS_DIR / f"{path}.safetensors").is_file():
+            raise FileNotFoundError(
+                f"checkpoint {str(path)!r} does not exist (nor is it a bundled name: "
+                f"{bundled_models() or 'none'})")
+        path = WEIGHTS_DIR / f"{path}.safetensors"
     if path.suffix == ".safetensors":
         meta = read_metadata(path)
         try:

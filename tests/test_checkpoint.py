@@ -291,3 +291,56 @@ def test_bad_spec_in_checkpoint(tmp_path: Path, args_name: str) -> None:
     torch.save({"model": {"name": name, "args": args, "sd": {}}}, path)
     with pytest.raises(CheckpointError):
         load_model(path)
+
+
+# ----------------------------------------------------------------------------- reproducible bytes
+
+
+def test_save_checkpoint_is_byte_reproducible_across_processes(tmp_path: Path) -> None:
+    """``safetensors.save_file`` orders metadata by hash map (differs per process); ours does not."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch; from liif.checkpoint import save_checkpoint; from liif.liif import LIIF\n"
+        "torch.manual_seed(0)\n"
+        "m = LIIF({'name': 'edsr-baseline', 'args': {'no_upsampling': True, 'n_resblocks': 1, "
+        "'n_feats': 8}}, {'name': 'mlp', 'args': {'out_dim': 3, 'hidden_list': [8]}})\n"
+        "save_checkpoint(m, sys.argv[1], training={'b': 1, 'a': {'z': 2, 'y': [1, 2]}, 'c': 'x'})\n")
+    paths = [tmp_path / f"{i}.safetensors" for i in range(3)]
+    for p in paths:
+        subprocess.run([sys.executable, "-c", script, str(p)], check=True)
+    blobs = [p.read_bytes() for p in paths]
+    assert blobs[0] == blobs[1] == blobs[2]
+    header_len = int.from_bytes(blobs[0][:8], "little")
+    assert header_len % 8 == 0 and blobs[0][8:9] == b"{"
+
+
+def test_own_writer_is_read_by_safetensors(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from liif.checkpoint import safetensors_bytes
+
+    tensors = {"b": torch.arange(6, dtype=torch.float32).reshape(2, 3), "a": torch.tensor([1, -2]),
+               "h": torch.tensor([0.5, 1.5], dtype=torch.float16),
+               "bf": torch.tensor([3.0], dtype=torch.bfloat16), "empty": torch.zeros(0, 4),
+               "t": torch.arange(12, dtype=torch.float64).reshape(3, 4).T}  # non-contiguous
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(safetensors_bytes(tensors, {"k2": "v2", "k1": "v1"}))
+    back = load_file(str(path))
+    assert set(back) == set(tensors)
+    for k, v in tensors.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == {"k1": "v1", "k2": "v2"}
+    with pytest.raises(CheckpointError, match="complex64"):
+        safetensors_bytes({"c": torch.zeros(1, dtype=torch.complex64)}, {})
+
+
+def test_load_checkpoint_takes_a_bundled_name() -> None:
+    """Training configs say ``init: edsr-baseline-liif``; the Ray worker calls load_checkpoint."""
+    name = bundled_models()[0]
+    a, b = load_checkpoint(name), load_model(name)
+    _assert_same_state(a, b)
+    with pytest.raises(FileNotFoundError, match="nor is it a bundled name"):
+        load_checkpoint("no-such-bundled-model")
