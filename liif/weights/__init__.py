@@ -1,0 +1,1 @@
+"""Bundled weights (``*.safetensors``) and the code that re-creates them (:mod:`liif.weights.official`)."""
