@@ -16,11 +16,12 @@ weights land in <storage>/<run>/final.safetensors (usable by liif.load_model and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
 
-from liif.train import TrainConfig
+from liif.train import TrainConfig, check_init
 from pipeline.errors import PipelineError
 from pipeline.ray_train import RayTrainOptions, run_training, summary_json
 
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-path", default="runs/ray", help="local directory or s3://bucket/prefix")
     p.add_argument("--run-name", default=None, help="run name (default: the config's file name)")
     p.add_argument("--steps", type=int, default=None, help="total steps (overrides the config)")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="fine-tune: start from these weights, a bundled name (edsr-baseline-liif) "
+                        "or a checkpoint path (overrides the config's init)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override config keys (YAML values), e.g. amp=bf16 batch_size=8")
     p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint, http://host:port")
@@ -95,12 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(a.set) + ([f"steps={a.steps}"] if a.steps is not None else [])
     try:
         cfg = TrainConfig.from_yaml(cfg_path, overrides)
+        if a.init is not None:
+            cfg = dataclasses.replace(cfg, init=a.init)
+        if cfg.init is not None:
+            check_init(cfg)
         options = RayTrainOptions(
             workers=a.workers, use_gpu=a.gpu, cpus_per_worker=a.cpus_per_worker,
             storage_path=a.storage_path, run_name=a.run_name or cfg_path.stem,
             s3_endpoint=a.s3_endpoint, max_failures=a.max_failures, num_to_keep=a.keep,
             val_root=a.val_data, val_set=a.val_set, val_images=a.val_images)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, FileNotFoundError) as e:
         p.error(str(e))
     import ray
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
-from liif.train import TrainConfig, psnr_model_on, train
+from liif.train import TrainConfig, check_init, psnr_model_on, train
 
 
 def set5_validation(data_root: Path, scales=(2, 4), names=("bird", "butterfly", "head")):
@@ -31,13 +32,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override config keys (YAML values), e.g. steps=2000 amp=bf16")
     p.add_argument("--val-data", default=None, help="root of shared data for Set5 validation")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="fine-tune: start from these weights (bundled name or checkpoint path)")
     a = p.parse_args(argv)
     cfg_path = Path(a.config)
     if not cfg_path.is_file():
         p.error(f"config {a.config!r} does not exist")
     try:
         cfg = TrainConfig.from_yaml(cfg_path, a.set)
-    except (TypeError, ValueError) as e:
+        if a.init is not None:
+            cfg = dataclasses.replace(cfg, init=a.init)
+        check_init(cfg)
+    except (TypeError, ValueError, FileNotFoundError) as e:
         p.error(str(e))
     validate = set5_validation(Path(a.val_data)) if a.val_data else None
     summary = train(cfg, validate=validate, log=lambda s: print(s, flush=True))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from liif.checkpoint import build_model, load_checkpoint, save_checkpoint
+from liif.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from liif.data import ImageFolderSampler, SamplerConfig
 
 
@@ -115,6 +115,22 @@ def make_model(cfg: TrainConfig) -> nn.Module:
                                                       "args": {"no_upsampling": True}},
                                      **cfg.model_args}}
     return build_model(spec)
+
+
+def check_init(cfg: TrainConfig) -> None:
+    """Fail early if ``cfg.init`` cannot start ``cfg``'s architecture.
+
+    Raises ``FileNotFoundError`` (no such file or bundled name) or :class:`CheckpointError`
+    (a different architecture: the message names the mismatching keys).
+    """
+    if cfg.init is None:
+        return
+    init = load_checkpoint(cfg.init)
+    model = make_model(cfg)
+    if getattr(init, "spec", None) != model.spec:
+        raise CheckpointError(
+            f"init {cfg.init!r} is {getattr(init, 'spec', type(init).__name__)}, but the config "
+            f"builds {model.spec}: set encoder/model_args to match the initial weights")
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
