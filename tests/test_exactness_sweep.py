@@ -150,3 +150,15 @@ def test_bundled_official_weights_fast_equals_reference(scale: float) -> None:
         ref = _reference_grid(model, feat, H, W)
         fast = decode(model, feat, in_shape=(37, 53), out_shape=(H, W), rows=(0, H), cols=(0, W))[0]
     assert float((fast - ref).abs().max()) <= TOL
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_fused_and_plain_mlp_kernels_agree(model: LIIF, fused: bool,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep runs on whichever kernel this build has; both kernels meet the same bound."""
+    if fused and not liif.fast.FUSED_LINEAR_RELU:
+        pytest.skip("this torch build has no oneDNN fused linear (the plain path is tested)")
+    monkeypatch.setattr(liif.fast, "FUSED_LINEAR_RELU", fused)
+    for hw, scale in (((37, 53), 3), ((13, 11), (2, 3.5)), ((1, 7), 5)):
+        d_whole, d_tiled = _sweep_case(model, hw, scale)
+        assert max(d_whole, d_tiled) <= TOL, (hw, scale, d_whole, d_tiled)
