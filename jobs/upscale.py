@@ -191,11 +191,13 @@ def _common_options(a: argparse.Namespace, default_max_pixels: int) -> dict:
         ray_address=a.address, overwrite=a.overwrite, resume=a.resume,
         # 0 is an error, not "unset"
         max_output_pixels=default_max_pixels if a.max_output_pixels is None else a.max_output_pixels,
-        cog=a.cog, preview=a.preview, progress=not a.no_progress)
+        cog=a.cog, preview=a.preview, summary=a.summary, progress=not a.no_progress)
 
 
 def _run_and_report(a: argparse.Namespace, build, run) -> int:
-    """Build the config and run it; print the JSON summary (exit 0) or the error (exit 2)."""
+    """Build the config and run it; print the JSON summary (exit 0) or the error (exit 2).
+
+    The job itself writes ``--summary`` (atomically, checked before any work)."""
     from liif.checkpoint import CheckpointError
     from pipeline.errors import PipelineError
 
@@ -203,11 +205,10 @@ def _run_and_report(a: argparse.Namespace, build, run) -> int:
         summary = run(build())
     except (PipelineError, CheckpointError, FileNotFoundError, ValueError, TypeError) as e:
         sys.stderr.write(f"error: {e}\n")
+        for note in getattr(e, "__notes__", ()):
+            sys.stderr.write(f"  {note}\n")
         return 2
-    text = json.dumps(summary)
-    print(text)
-    if a.summary:
-        Path(a.summary).write_text(text + "\n")
+    print(json.dumps(summary))
     return 0
 
 

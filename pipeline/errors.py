@@ -13,8 +13,12 @@ __all__ = [
     "ConfigError",
     "EmptyInputError",
     "InputNotFoundError",
+    "InputReadError",
+    "OutputCorruptError",
     "OutputExistsError",
+    "OutputLockedError",
     "OutputNotWritableError",
+    "PathConflictError",
     "PipelineError",
     "UnsupportedDtypeError",
     "UnsupportedInputError",
@@ -60,3 +64,19 @@ class ConfigError(PipelineError, ValueError):
 
 class WindowError(PipelineError, ValueError):
     """A read or write window does not lie inside the image."""
+
+
+class PathConflictError(ConfigError):
+    """An output location is, contains or lies inside a location the job reads or writes."""
+
+
+class InputReadError(PipelineError, OSError):
+    """An input could not be read (truncated file, corrupt tile or chunk): names file and window."""
+
+
+class OutputLockedError(PipelineError, FileExistsError):
+    """Another job holds the lease on this output."""
+
+
+class OutputCorruptError(PipelineError, ValueError):
+    """An existing output's metadata cannot be read (names the path)."""

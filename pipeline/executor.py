@@ -1,4 +1,4 @@
-"""The in-process executor: one TileWorker in this process (notebooks, GPU benchmarks, tests)."""
+"""The in-process executor: one tile worker in this process (notebooks, GPU benchmarks, tests)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pipeline.progress import Progress
 from pipeline.tiling import Tile
 from pipeline.worker import TileJob, TileWorker
 
+WorkItem = tuple[Tile, dict[str, Any] | None]
+
 
 class InProcessExecutor:
     """Runs tiles one after another with a single model on one device."""
@@ -16,15 +18,20 @@ class InProcessExecutor:
     name = "in-process"
 
     def __init__(self, job: TileJob, worker_cls: type | None = None) -> None:
-        # worker_cls: any class with the TileWorker interface (``__init__(job)``, ``process(tile)``
-        # returning a record with "out_pixels", a ``source`` to close); default TileWorker.
+        # worker_cls: a BaseTileWorker subclass (``__init__(job)``, ``process(tile, trusted)``
+        # returning a record with "out_pixels", ``close()``); default TileWorker.
         self.worker = (worker_cls or TileWorker)(job)
 
-    def run(self, tiles: Iterable[Tile], progress: Progress) -> list[dict[str, Any]]:
+    def run(self, work: Iterable[WorkItem], progress: Progress, *, lease: Any = None
+            ) -> list[dict[str, Any]]:
+        """Process ``(tile, trusted record or None)`` items in order; checks ``lease`` between
+        tiles."""
         records = []
-        for tile in tiles:
-            rec = self.worker.process(tile)
-            progress.update(rec["out_pixels"])
+        for tile, trusted in work:
+            if lease is not None:
+                lease.check()
+            rec = self.worker.process(tile, trusted)
+            progress.update(rec["out_pixels"], verified=bool(rec.get("verified")))
             records.append(rec)
         return records
 

@@ -22,11 +22,13 @@ import datetime as _dt
 import json
 import os
 import re
-import uuid
 from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from pipeline.io.atomic import write_bytes
+from pipeline.io.locations import resolve
 
 __all__ = ["MANIFEST_DIR", "TileManifest"]
 
@@ -68,7 +70,7 @@ class TileManifest:
     @property
     def _fs_dir(self) -> tuple[fsspec.AbstractFileSystem, str]:
         if self._fs is None or self._dir is None:
-            fs, root = fsspec.core.url_to_fs(self.uri, **self.storage_options)
+            fs, root = resolve(self.uri, self.storage_options).fs()
             self._fs, self._dir = fs, root.rstrip("/") + "/" + MANIFEST_DIR
         return self._fs, self._dir
 
@@ -92,17 +94,19 @@ class TileManifest:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"manifest record for {key!r} is not plain JSON: {exc}") from exc
         fs, directory = self._fs_dir
-        path = self._path(key)
+        loc = resolve(self.uri, self.storage_options).child(f"{MANIFEST_DIR}/{_check_key(key)}.json")
         if isinstance(fs, LocalFileSystem):
             os.makedirs(directory, exist_ok=True)
-            tmp = f"{directory}/.{key}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(payload)
-            os.replace(tmp, path)
-        else:
-            fs.pipe_file(path, payload)
-            fs.invalidate_cache(directory)
+        write_bytes(loc, payload)
         return rec
+
+    def forget(self, key: str) -> None:
+        """Delete tile ``key``'s record (the tile is no longer trusted as done)."""
+        fs, _ = self._fs_dir
+        try:
+            fs.rm_file(self._path(key))
+        except FileNotFoundError:
+            pass
 
     def is_done(self, key: str) -> bool:
         """Whether tile ``key`` has a record."""

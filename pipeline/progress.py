@@ -15,6 +15,7 @@ class Progress:
         self.total_tiles, self.total_pixels = total_tiles, total_pixels
         self.tiles, self.pixels = already_tiles, already_pixels
         self.new_pixels = 0
+        self.verified_pixels = 0
         self.stream, self.interval = stream, interval
         self.t0 = time.perf_counter()
         self._last = 0.0
@@ -27,10 +28,15 @@ class Progress:
     def mpx_per_s(self) -> float:
         return self.new_pixels / 1e6 / max(self.seconds, 1e-9)
 
-    def update(self, pixels: int) -> None:
+    def update(self, pixels: int, *, verified: bool = False) -> None:
+        """One more tile of ``pixels`` output pixels; ``verified``: finished by an earlier run
+        and only checked (it does not count towards the rate)."""
         self.tiles += 1
         self.pixels += pixels
-        self.new_pixels += pixels
+        if verified:
+            self.verified_pixels += pixels
+        else:
+            self.new_pixels += pixels
         now = time.perf_counter()
         if self.stream is not None and (now - self._last >= self.interval
                                         or self.tiles == self.total_tiles):

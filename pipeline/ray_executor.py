@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from pipeline.errors import PipelineError
 from pipeline.progress import Progress
 from pipeline.tiling import Tile
 from pipeline.worker import TileJob, TileWorker
@@ -66,21 +67,33 @@ class RayExecutor:
     def pids(self) -> list[int]:
         return self._ray.get([a.pid.remote() for a in self.actors])
 
-    def run(self, tiles: Iterable[Tile], progress: Progress) -> list[dict[str, Any]]:
+    def run(self, work: Iterable[tuple[Tile, dict[str, Any] | None]], progress: Progress, *,
+            lease: Any = None) -> list[dict[str, Any]]:
+        """Feed ``(tile, trusted record or None)`` items to the actors, at most ``in_flight`` at
+        a time; a worker's PipelineError (a corrupt input, say) is raised here as itself."""
         ray = self._ray
-        queue, pending, records = deque(tiles), {}, []
+        from ray.exceptions import RayTaskError
+
+        queue, pending, records = deque(work), {}, []
         turn = 0
         while queue or pending:
+            if lease is not None:
+                lease.check()
             while queue and len(pending) < self.in_flight:
-                tile = queue.popleft()
+                tile, trusted = queue.popleft()
                 actor = self.actors[turn % len(self.actors)]
                 turn += 1
-                pending[actor.process.remote(tile)] = tile
+                pending[actor.process.remote(tile, trusted)] = tile
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 pending.pop(ref)
-                rec = ray.get(ref)
-                progress.update(rec["out_pixels"])
+                try:
+                    rec = ray.get(ref)
+                except RayTaskError as exc:
+                    if isinstance(exc.cause, PipelineError):
+                        raise exc.cause from None
+                    raise
+                progress.update(rec["out_pixels"], verified=bool(rec.get("verified")))
                 records.append(rec)
         return records
 

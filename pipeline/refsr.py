@@ -43,9 +43,6 @@ values replaced by 0; LR nodata pixels are written as nodata. Bands run in RGB t
 from __future__ import annotations
 
 import math
-import os
-import socket
-import time
 import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -56,19 +53,11 @@ import numpy as np
 from pipeline.errors import BandSelectionError, ConfigError, InputNotFoundError
 from pipeline.sinks import (
     OutputSpec,
-    ZarrOutput,
 )
-from pipeline.sources import SourceSpec, open_source
-from pipeline.tiling import Tile, Window, check_output_size, output_positions, plan_tiles
-from pipeline.values import (
-    band_groups,
-    default_value_range,
-    from_unit,
-    merge_groups,
-    nodata_mask,
-    to_unit,
-    upsample_mask,
-)
+from pipeline.sources import SourceSpec, content_identity, open_source
+from pipeline.tiling import Tile, Window, check_output_size, plan_tiles
+from pipeline.values import default_value_range, merge_groups
+from pipeline.worker import BaseTileWorker, raw_digest, read_unit
 
 __all__ = [
     "SCALE",
@@ -391,6 +380,8 @@ class RefTileJob:
     threads: int | None = None
     search_bytes: int = 256 << 20  # cap on the float64 relevance block of the texture search
     fail_after: int | None = field(default=None, compare=False)  # test hook: crash after N tiles
+    tile_delay: float = field(default=0.0, compare=False)  # test hook: seconds of sleep per tile
+    verify_inputs: bool = False  # on resume: also check each finished tile's input windows
 
     @property
     def out_shape(self) -> tuple[int, int]:
@@ -403,39 +394,29 @@ def tile_footprint(tile: Tile) -> tuple[tuple[int, int], tuple[int, int]]:
     return ((ow.row0 // SCALE, -(-ow.row1 // SCALE)), (ow.col0 // SCALE, -(-ow.col1 // SCALE)))
 
 
-class RefTileWorker:
+class RefTileWorker(BaseTileWorker):
     """Hosts one TTSR model; ``process(tile)`` super-resolves one tile, returns a small record.
 
-    Same interface as :class:`pipeline.worker.TileWorker`, so the in-process and Ray executors
-    host it unchanged (``worker_cls=RefTileWorker``).
+    The model-independent steps (read, fill, nodata, write, record, verify) are
+    :class:`pipeline.worker.BaseTileWorker`'s; this class adds the reference window and TTSR.
     """
 
     def __init__(self, job: RefTileJob) -> None:
-        import torch
+        super().__init__(job)
+        self.max_search_chunk = self.model.search_chunk
+        self.reference = open_source(job.reference)
 
+    def load_model(self) -> Any:
         from liif import load_model
         from liif.ttsr import TTSR
 
-        if job.threads:
-            torch.set_num_threads(job.threads)
-        self.job = job
-        self.device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = load_model(job.model, device=self.device)
-        if not isinstance(self.model, TTSR):
-            raise ConfigError(f"model {job.model!r} is a {type(self.model).__name__}, not TTSR")
-        self.max_search_chunk = self.model.search_chunk
-        self.source = open_source(job.source)
-        self.reference = open_source(job.reference)
-        self.output = ZarrOutput(job.output_uri, job.output_storage_options)
-        self.groups = band_groups(self.source.shape[0])
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.done = 0
-
-    def pid(self) -> int:
-        return os.getpid()
+        model = load_model(self.job.model, device=self.device)
+        if not isinstance(model, TTSR):
+            raise ConfigError(f"model {self.job.model!r} is a {type(model).__name__}, not TTSR")
+        return model
 
     def close(self) -> None:
-        self.source.close()
+        super().close()
         self.reference.close()
 
     def ref_window(self, tile: Tile) -> Window:
@@ -450,19 +431,18 @@ class RefTileWorker:
             fit = max(1, self.job.search_bytes // (8 * max(1, n_query)))
             self.model.search_chunk = min(self.max_search_chunk, fit)
 
-    def upscale_window(self, tile: Tile) -> tuple[np.ndarray, Window]:
-        """The output of ``tile`` ``(C, th, tw)`` in the output dtype (nodata applied) and the
-        reference window it searched."""
+    def infer(self, tile: Tile, unit: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         import torch
 
         from liif.ttsr import reference_upscale
 
         job, iw, ow = self.job, tile.in_window, tile.out_window
         rw = self.ref_window(tile)
-        raw = self.source.read((iw.row0, iw.row1), (iw.col0, iw.col1))
         ref_raw = self.reference.read((rw.row0, rw.row1), (rw.col0, rw.col1))
-        lr = _unit_tensor(raw, job.value_range, self.device)
-        ref = _unit_tensor(ref_raw, job.ref_value_range, self.device)
+        ref_unit, _ = read_unit(self.reference, rw, job.ref_value_range, self.reference.nodata,
+                                ref_raw)
+        lr = _unit_tensor(unit, self.device)
+        ref = _unit_tensor(ref_unit, self.device)
         self._set_search_chunk(iw.size)
         r0, c0 = ow.row0 - SCALE * iw.row0, ow.col0 - SCALE * iw.col0
         (th, tw) = ow.shape
@@ -471,38 +451,19 @@ class RefTileWorker:
             sr = reference_upscale(self.model, lr[list(g)], ref[list(g)])  # (3, 4h, 4w)
             outs.append(sr[:, r0:r0 + th, c0:c0 + tw].to(torch.float32).cpu().numpy())
         merged = merge_groups(outs, self.groups, tuple(range(self.source.shape[0])))
-        data = from_unit(merged, np.dtype(job.out_dtype), job.value_range)
-        if job.nodata is not None:
-            mask = nodata_mask(raw, job.nodata)
-            if mask.any():
-                (h, w), (big_h, big_w) = job.in_shape, job.out_shape
-                uy = output_positions(h, big_h, ow.row0, ow.row1) - iw.row0
-                ux = output_positions(w, big_w, ow.col0, ow.col1) - iw.col0
-                data[:, upsample_mask(mask, uy, ux)] = job.nodata
-        return data, rw
+        return merged, {"ref_window": rw.to_dict(), "inputs": {"reference": raw_digest(ref_raw)}}
 
-    def process(self, tile: Tile) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        ow = tile.out_window
-        data, rw = self.upscale_window(tile)
-        self.output.write((ow.row0, ow.row1), (ow.col0, ow.col1), data)
-        seconds = time.perf_counter() - t0
-        record = {"key": tile.key, "out_window": ow.to_dict(), "seconds": round(seconds, 4),
-                  "worker": self.name, "out_pixels": ow.size, "in_pixels": tile.in_window.size,
-                  "ref_window": rw.to_dict()}
-        self.output.manifest.mark_done(tile.key, record)
-        self.done += 1
-        if self.job.fail_after is not None and self.done >= self.job.fail_after:
-            os._exit(17)  # simulate a crash after the tile is written (tests only)
-        return record
+    def input_digests(self, tile: Tile) -> dict[str, str]:
+        rw = self.ref_window(tile)
+        ref = self.reference.read((rw.row0, rw.row1), (rw.col0, rw.col1))
+        return {**super().input_digests(tile), "reference": raw_digest(ref)}
 
 
-def _unit_tensor(raw: np.ndarray, value_range: tuple[float, float], device: Any) -> Any:
-    """``(C, h, w)`` native values -> float32 tensor in [0, 1] (clipped, non-finite -> 0)."""
+def _unit_tensor(unit: np.ndarray, device: Any) -> Any:
+    """``(C, h, w)`` filled values in [0, 1] units -> float32 tensor clipped to [0, 1]."""
     import torch
 
-    unit = np.nan_to_num(to_unit(raw, value_range), nan=0.0, posinf=1.0, neginf=0.0)
-    return torch.from_numpy(np.clip(unit, 0.0, 1.0, out=unit)).to(device)
+    return torch.from_numpy(np.clip(unit, 0.0, 1.0)).to(device)
 
 
 # ------------------------------------------------------------------------------- the driver
@@ -538,6 +499,7 @@ class RefSRConfig:
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
     cog: str | None = None
     preview: str | None = None
+    summary: str | None = None
     progress: bool = True
     test_hooks: dict = field(default_factory=dict)
 
@@ -620,6 +582,7 @@ def prepare_refsr(cfg: RefSRConfig) -> dict[str, Any]:
     try:
         C, h, w = src.shape
         dtype, nodata, crs, transform = src.dtype, src.nodata, src.crs, src.transform
+        identity = content_identity(src)
     finally:
         src.close()
     try:
@@ -629,6 +592,7 @@ def prepare_refsr(cfg: RefSRConfig) -> dict[str, Any]:
     try:
         Cr, hr, wr = ref.shape
         ref_dtype, ref_crs, ref_transform = ref.dtype, ref.crs, ref.transform
+        ref_identity = content_identity(ref)
     finally:
         ref.close()
     if Cr != C:
@@ -646,20 +610,17 @@ def prepare_refsr(cfg: RefSRConfig) -> dict[str, Any]:
     alignment = align_reference((h, w), crs, transform, (hr, wr), ref_crs, ref_transform,
                                 mode=cfg.alignment, ratio_tol=cfg.ratio_tol,
                                 align_tol=cfg.align_tol)
-    spec, nrb, sha = _model_info(cfg.model)
-    halo = ttsr_receptive_radius(nrb)
     vr = _check_range(cfg.value_range or default_value_range(dtype), "value range")
     rvr = _check_range(cfg.ref_value_range or default_value_range(ref_dtype), "reference value range")
-    grid = cfg.shard or cfg.chunk
-    if cfg.shard is not None and cfg.shard % cfg.chunk:
-        raise ConfigError(f"shard {cfg.shard} must be a multiple of chunk {cfg.chunk}")
+    from pipeline.upscale import check_grid
+
+    grid = check_grid(cfg)
+    spec, nrb, sha = _model_info(cfg.model)
+    halo = ttsr_receptive_radius(nrb)
     if cfg.tile is None:
         tile = default_ref_tile(halo, cfg.ref_margin, grid, in_shape=(h, w))
     else:
         tile = cfg.tile
-        if tile <= 0 or tile % grid:
-            raise ConfigError(f"tile {tile} must be a positive multiple of "
-                              f"{'shard' if cfg.shard else 'chunk'} {grid}")
     plan = plan_tiles((h, w), out_shape, tile=tile, halo=halo, chunk=grid)
     full = alignment.full_window()
     global_search = all(
@@ -682,6 +643,7 @@ def prepare_refsr(cfg: RefSRConfig) -> dict[str, Any]:
         "crs": crs,
         "transform": list(scaled_transform(transform, (h, w), out_shape)) if transform else None,
         "value_range": list(vr), "nodata": nodata, "job": fingerprint,
+        "input_identity": {"input": identity, "reference": ref_identity},
     }
     return {"C": C, "in_shape": (h, w), "out_shape": out_shape, "dtype": dtype, "nodata": nodata,
             "value_range": vr, "ref_value_range": rvr, "plan": plan, "attrs": attrs,
@@ -690,11 +652,11 @@ def prepare_refsr(cfg: RefSRConfig) -> dict[str, Any]:
 
 def run_refsr(cfg: RefSRConfig) -> dict[str, Any]:
     """Run the job; returns the JSON-ready summary."""
-    from pipeline.upscale import run_plan
+    from pipeline.upscale import canonical, model_location, run_job
 
-    p = prepare_refsr(cfg)
+    cfg = canonical(cfg, reference=True)
 
-    def make_job(out: Any) -> RefTileJob:
+    def make_job(out: Any, p: dict[str, Any]) -> RefTileJob:
         return RefTileJob(source=cfg.source, reference=cfg.reference, alignment=p["alignment"],
                           output_uri=out.uri, output_storage_options=cfg.output.storage_options,
                           model=cfg.model, in_shape=p["in_shape"], value_range=p["value_range"],
@@ -702,8 +664,13 @@ def run_refsr(cfg: RefSRConfig) -> dict[str, Any]:
                           ref_margin=cfg.ref_margin, nodata=p["nodata"],
                           threads=cfg.threads_per_worker, **cfg.test_hooks)
 
-    summary = run_plan(cfg, p, make_job, worker_cls=RefTileWorker)
-    return {**summary, "scale": [float(SCALE), float(SCALE)], "reference": cfg.reference.uri,
-            "alignment": p["alignment"].method,
-            "ref_offset": [p["alignment"].row_off, p["alignment"].col_off],
-            "ref_margin": cfg.ref_margin, "global_search": p["global_search"]}
+    def describe(p: dict[str, Any]) -> dict[str, Any]:
+        al = p["alignment"]
+        return {"scale": [float(SCALE), float(SCALE)], "reference": cfg.reference.uri,
+                "alignment": al.method, "ref_offset": [al.row_off, al.col_off],
+                "ref_margin": cfg.ref_margin, "global_search": p["global_search"]}
+
+    reads = [("--input", cfg.source.location), ("--reference", cfg.reference.location),
+             ("--model", model_location(cfg.model))]
+    return run_job(cfg, reads, lambda: prepare_refsr(cfg), make_job, worker_cls=RefTileWorker,
+                   describe=describe)

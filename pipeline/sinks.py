@@ -27,17 +27,15 @@ are not stored, so resume uses the tile manifest, never chunk existence.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
-import posixpath
-import tempfile
-import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import numpy as np
 import zarr
 from zarr.storage import FsspecStore, LocalStore
@@ -45,11 +43,14 @@ from zarr.storage import FsspecStore, LocalStore
 from pipeline.errors import (
     ConfigError,
     InputNotFoundError,
+    OutputCorruptError,
     OutputExistsError,
     OutputNotWritableError,
     UnsupportedDtypeError,
 )
 from pipeline.georef import as_transform
+from pipeline.io.atomic import check_target, deliver, exists, local_tmp, write_bytes
+from pipeline.io.locations import Location, resolve
 from pipeline.manifest import MANIFEST_DIR, TileManifest
 
 __all__ = [
@@ -87,49 +88,29 @@ class OutputSpec:
                 f"storage_options must be a dict or None, got {type(self.storage_options).__name__}"
             )
 
+    @property
+    def location(self) -> Location:
+        """The resolved location (see :mod:`pipeline.io.locations`)."""
+        return resolve(self.uri, self.storage_options)
+
 
 # ---------------------------------------------------------------------------------------------
 # locations
 
 
-def _is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
+def _loc(uri: str, storage_options: dict[str, Any] | None = None) -> Location:
+    return resolve(uri, storage_options)
 
 
-def _normalise_uri(uri: str) -> str:
-    """Local paths become absolute (Ray workers may run in another directory); URLs unchanged."""
-    if _is_local(uri):
-        path = uri[len("file://") :] if uri.startswith("file://") else uri
-        return os.path.abspath(os.path.expanduser(path))
-    return uri.rstrip("/")
-
-
-def _store(uri: str, storage_options: dict[str, Any], read_only: bool) -> zarr.abc.store.Store:
-    if _is_local(uri):
-        return LocalStore(uri, read_only=read_only)
-    return FsspecStore.from_url(uri, storage_options=storage_options, read_only=read_only)
-
-
-def _fs(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options if not _is_local(uri) else {}))
-    return fs, path.rstrip("/")
-
-
-def _exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
-    """Something is at ``path``: a file, or a directory/prefix that is not empty."""
-    fs.invalidate_cache(path)
-    if not fs.exists(path):
-        return False
-    if fs.isfile(path):
-        return True
-    return bool(fs.ls(path, detail=False))
+def _store(loc: Location, read_only: bool) -> zarr.abc.store.Store:
+    if loc.is_local:
+        return LocalStore(loc.path, read_only=read_only)
+    return FsspecStore.from_url(loc.url, storage_options=loc.storage_options, read_only=read_only)
 
 
 def output_exists(spec: OutputSpec) -> bool:
     """Whether anything (a Zarr output or any other file or non-empty directory) is at the uri."""
-    uri = _normalise_uri(spec.uri)
-    fs, path = _fs(uri, dict(spec.storage_options or {}))
-    return _exists(fs, path)
+    return exists(spec.location)
 
 
 def _check_local_writable(path: str) -> None:
@@ -228,7 +209,8 @@ class ZarrOutput:
     """
 
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
-        self.uri = _normalise_uri(uri)
+        self.location = _loc(uri, storage_options)
+        self.uri = self.location.url
         self.storage_options = dict(storage_options or {})
         self._arrays: dict[bool, zarr.Array] = {}
 
@@ -244,12 +226,17 @@ class ZarrOutput:
     def _array(self, writable: bool = False) -> zarr.Array:
         arr = self._arrays.get(writable)
         if arr is None:
-            store = _store(self.uri, self.storage_options, read_only=not writable)
+            store = _store(self.location, read_only=not writable)
             try:
                 arr = zarr.open_array(store, path=ARRAY_NAME, mode="r+" if writable else "r")
             except FileNotFoundError as exc:
                 raise InputNotFoundError(
                     f"no Zarr output at {self.uri!r} (expected an array '{ARRAY_NAME}')"
+                ) from exc
+            except (ValueError, TypeError, KeyError) as exc:
+                raise OutputCorruptError(
+                    f"the Zarr metadata of {self.uri}/{ARRAY_NAME} cannot be read "
+                    f"({type(exc).__name__}: {exc}); pass --overwrite to start over"
                 ) from exc
             self._arrays[writable] = arr
         return arr
@@ -283,6 +270,16 @@ class ZarrOutput:
     def attrs(self) -> dict[str, Any]:
         return dict(self._array().attrs)
 
+    def update_attrs(self, changes: dict[str, Any]) -> None:
+        """Set (or, for None values, remove) attributes of ``image``: the driver only, never
+        while workers write (it rewrites the array's metadata)."""
+        arr = self._array(writable=True)
+        keep = {k: v for k, v in dict(arr.attrs).items() if k not in changes}
+        keep.update({k: _jsonable(v, f"attrs.{k}") for k, v in changes.items() if v is not None})
+        arr.attrs.clear()
+        arr.attrs.update(keep)
+        self._arrays.clear()
+
     @property
     def manifest(self) -> TileManifest:
         """The done-tile record stored in this output's group."""
@@ -298,8 +295,9 @@ class ZarrOutput:
                 )
         return int(r0), int(r1), int(c0), int(c1)
 
-    def write(self, rows: Sequence[int], cols: Sequence[int], data: np.ndarray) -> None:
-        """Write ``data`` (C, r1 - r0, c1 - c0) at rows [r0, r1), cols [c0, c1).
+    def write(self, rows: Sequence[int], cols: Sequence[int], data: np.ndarray) -> dict[str, str]:
+        """Write ``data`` (C, r1 - r0, c1 - c0) at rows [r0, r1), cols [c0, c1); returns the
+        content digest (blake2b-128 of the stored values) of each chunk, keyed ``"i.j"``.
 
         The window must cover whole chunks (whole shards when sharded): start on the grid and end
         on it or at the array edge. Float data may be narrowed to a float array dtype; any other
@@ -326,7 +324,58 @@ class ZarrOutput:
             raise ValueError(
                 f"data dtype {data.dtype} cannot be stored safely as {target}; quantise first"
             )
+        data = np.ascontiguousarray(data, dtype=target)
         self._array(writable=True)[:, r0:r1, c0:c1] = data
+        return self._digests(r0, c0, data)
+
+    def _chunk_windows(self, r0: int, r1: int, c0: int, c1: int
+                       ) -> list[tuple[str, int, int, int, int]]:
+        """``(key, r0, r1, c0, c1)`` of every chunk of the window (chunk-aligned window)."""
+        ch, cw = self.chunks
+        _, h, w = self.shape
+        return [(f"{i // ch}.{j // cw}", i, min(i + ch, h), j, min(j + cw, w))
+                for i in range(r0, r1, ch) for j in range(c0, c1, cw)]
+
+    def _digests(self, r0: int, c0: int, data: np.ndarray) -> dict[str, str]:
+        out = {}
+        for key, a0, a1, b0, b1 in self._chunk_windows(r0, r0 + data.shape[1], c0,
+                                                       c0 + data.shape[2]):
+            block = np.ascontiguousarray(data[:, a0 - r0:a1 - r0, b0 - c0:b1 - c0])
+            out[key] = hashlib.blake2b(block.tobytes(), digest_size=16).hexdigest()
+        return out
+
+    def verify(self, rows: Sequence[int], cols: Sequence[int], digests: dict[str, str]) -> list[str]:
+        """Keys of the chunks of the window whose stored content does not match ``digests``
+        (from :meth:`write`): changed, truncated, deleted or unreadable. Empty when all match."""
+        r0, r1, c0, c1 = self._window(rows, cols)
+        try:
+            data = np.ascontiguousarray(self._array()[:, r0:r1, c0:c1])
+        except (ValueError, RuntimeError, OSError, EOFError) as exc:  # corrupt: checksum, codec
+            return [f"<unreadable: {type(exc).__name__}>"]
+        have = self._digests(r0, c0, data)
+        return sorted(k for k in have.keys() | digests.keys() if have.get(k) != digests.get(k))
+
+    def clear(self, rows: Sequence[int], cols: Sequence[int]) -> int:
+        """Delete the stored chunks (shards when sharded) of a write-grid-aligned window, so a
+        redone tile rewrites them whole (a torn shard is never read back). Returns the count."""
+        r0, r1, c0, c1 = self._window(rows, cols)
+        arr = self._array()
+        gh, gw = self.write_grid
+        fs, root = self.location.fs()
+        doomed = []
+        for i in range(r0 // gh, -(-r1 // gh)):
+            for j in range(c0 // gw, -(-c1 // gw)):
+                key = arr.metadata.encode_chunk_key((0, i, j))
+                doomed.append(f"{root}/{ARRAY_NAME}/{key}")
+        gone = 0
+        for path in doomed:
+            try:
+                fs.rm_file(path)
+                gone += 1
+            except FileNotFoundError:
+                pass
+        self._arrays.clear()  # drop any cached reads
+        return gone
 
     def read(self, rows: Sequence[int], cols: Sequence[int]) -> np.ndarray:
         """Read rows [r0, r1), cols [c0, c1) as (C, r1 - r0, c1 - c0); any window in range."""
@@ -340,16 +389,81 @@ def _job_diff(old: Any, new: Any) -> list[str]:
     return [] if old == new else ["<whole fingerprint>"]
 
 
+def _group_marker(loc: Location) -> dict[str, Any] | None:
+    """The attributes of the Zarr group at ``loc`` if it is an output of this project (its
+    ``created_by`` marker), else None.
+
+    Raises:
+        OutputCorruptError: the group metadata exists but cannot be parsed (names the file).
+    """
+    meta = loc.child("zarr.json")
+    fs, path = meta.fs()
+    try:
+        raw = fs.cat_file(path)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise OutputCorruptError(
+            f"the Zarr metadata {meta.uri!r} cannot be read ({exc}); it may be an output of "
+            "this project, but it cannot be checked: remove it yourself or choose another output"
+        ) from exc
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    if not isinstance(attrs, dict) or not str(attrs.get("created_by", "")).startswith(
+            CREATED_BY.split(" ")[0]):
+        return None
+    return attrs
+
+
+def check_output_target(spec: OutputSpec, *, overwrite: bool = False, resume: bool = False
+                        ) -> str:
+    """What creating the output will do: ``"new"``, ``"overwrite"`` or ``"resume"``; checks
+    everything that would make :func:`create_zarr_output` refuse, writing nothing.
+
+    ``overwrite`` deletes only an output this project created (the group's ``created_by``
+    marker), never another Zarr group or folder.
+
+    Raises:
+        OutputExistsError: it exists without ``overwrite``/``resume``, or is not ours.
+        OutputCorruptError: its metadata cannot be read.
+        OutputNotWritableError: a local location that cannot be created.
+    """
+    if overwrite and resume:
+        raise ConfigError("--overwrite and --resume exclude each other: pass at most one")
+    loc = spec.location
+    if not exists(loc):
+        if loc.is_local:
+            _check_local_writable(loc.path)
+        return "new"
+    if not (overwrite or resume):
+        raise OutputExistsError(
+            f"output {spec.uri!r} already exists; pass --overwrite to replace it or --resume to "
+            "continue an interrupted run"
+        )
+    if _group_marker(loc) is None:
+        marker = f"no Zarr group with a created_by={CREATED_BY.split(' ')[0]!r} marker"
+        if resume:
+            raise ConfigError(
+                f"cannot resume {spec.uri!r}: it exists but is not a liif-pipeline Zarr output "
+                f"({marker}); choose another output")
+        raise OutputExistsError(
+            f"refusing to overwrite {spec.uri!r}: it is not an output of this project ({marker}); "
+            "remove it yourself or choose another output"
+        )
+    return "overwrite" if overwrite else "resume"
+
+
 def _open_for_resume(
-    uri: str,
-    storage_options: dict[str, Any],
+    spec: OutputSpec,
     shape: tuple[int, ...],
     dtype: np.dtype,
     chunks: tuple[int, ...],
     shards: tuple[int, ...] | None,
     job: Any,
 ) -> ZarrOutput:
-    out = ZarrOutput(uri, storage_options)
+    out = ZarrOutput(spec.uri, spec.storage_options)
+    uri = spec.uri
     try:
         out.shape  # noqa: B018 - opens the array
     except (InputNotFoundError, zarr.errors.NodeTypeValidationError) as exc:
@@ -393,12 +507,12 @@ def create_zarr_output(
     """Create (or, with ``resume``, reopen) the output group with array ``image`` (C, H, W).
 
     ``chunks`` (ch, cw) and ``shards`` (sh, sw) are spatial; sh, sw must be multiples of ch, cw.
-    An existing output raises OutputExistsError unless ``overwrite`` (delete and recreate) or
-    ``resume`` (reopen; shape, dtype, chunks, shards and ``attrs["job"]`` must match, else
-    ConfigError). Nothing is written before these checks pass.
+    Chunks are zstd-compressed and carry a CRC32C checksum, so a corrupt chunk fails to decode
+    instead of reading as wrong values. An existing output raises OutputExistsError unless
+    ``overwrite`` (delete and recreate; only an output of this project) or ``resume`` (reopen;
+    shape, dtype, chunks, shards and ``attrs["job"]`` must match, else ConfigError). Nothing is
+    written before these checks pass.
     """
-    if overwrite and resume:
-        raise ConfigError("overwrite and resume are mutually exclusive: pass at most one")
     shape3 = _positive_ints("shape (C, H, W)", shape, 3)
     try:
         np_dtype = np.dtype(dtype)
@@ -413,32 +527,21 @@ def create_zarr_output(
     fill = _check_fill(fill_value, np_dtype)
     meta = _prepare_attrs(attrs)
 
-    uri = _normalise_uri(spec.uri)
-    options = dict(spec.storage_options or {})
-    fs, path = _fs(uri, options)
-    exists = _exists(fs, path)
-    if exists and not (overwrite or resume):
-        raise OutputExistsError(
-            f"output {uri!r} already exists; pass --overwrite to replace it or --resume to "
-            "continue an interrupted run"
-        )
-    if exists and resume:
-        return _open_for_resume(uri, options, shape3, np_dtype, chunks2, shards2, meta.get("job"))
-    if exists:  # overwrite
-        if not fs.exists(f"{path}/zarr.json"):
-            raise OutputExistsError(
-                f"refusing to overwrite {uri!r}: it is not a Zarr group (no zarr.json); "
-                "remove it yourself or choose another output"
-            )
+    mode = check_output_target(spec, overwrite=overwrite, resume=resume)
+    if mode == "resume":
+        return _open_for_resume(spec, shape3, np_dtype, chunks2, shards2, meta.get("job"))
+    loc = spec.location
+    if mode == "overwrite":
+        fs, path = loc.fs()
         fs.rm(path, recursive=True)
         fs.invalidate_cache(path)
-    if _is_local(uri):
-        _check_local_writable(uri)
+
+    from zarr.codecs import Crc32cCodec, ZstdCodec
 
     n_bands = shape3[0]
     try:
         group = zarr.create_group(
-            _store(uri, options, read_only=False), attributes={"created_by": CREATED_BY}
+            _store(loc, read_only=False), attributes={"created_by": CREATED_BY}
         )
         group.create_array(
             ARRAY_NAME,
@@ -447,6 +550,7 @@ def create_zarr_output(
             chunks=(n_bands, *chunks2),
             shards=None if shards2 is None else (n_bands, *shards2),
             fill_value=fill,
+            compressors=(ZstdCodec(level=0), Crc32cCodec()),
             attributes=meta,
             dimension_names=("band", "y", "x"),
         )
@@ -454,8 +558,8 @@ def create_zarr_output(
             MANIFEST_DIR, attributes={"description": "done-tile records (pipeline.manifest)"}
         )
     except (PermissionError, NotADirectoryError) as exc:
-        raise OutputNotWritableError(f"cannot write output {uri!r}: {exc}") from exc
-    return ZarrOutput(uri, options)
+        raise OutputNotWritableError(f"cannot write output {spec.uri!r}: {exc}") from exc
+    return ZarrOutput(spec.uri, spec.storage_options)
 
 
 def open_zarr_output(spec: OutputSpec) -> ZarrOutput:
@@ -469,50 +573,14 @@ def open_zarr_output(spec: OutputSpec) -> ZarrOutput:
 # exports
 
 
-def _check_target(path: str, storage_options: dict[str, Any], overwrite: bool) -> None:
-    fs, p = _fs(_normalise_uri(path), storage_options)
-    fs.invalidate_cache(posixpath.dirname(p))
-    if fs.exists(p) and not overwrite:
-        raise OutputExistsError(f"{path!r} already exists; pass overwrite=True to replace it")
-
-
 def check_export_target(path: str, *, overwrite: bool = False,
                         storage_options: dict[str, Any] | None = None) -> None:
     """Fail now (before any work) if an export to ``path`` would be refused later.
 
-    Raises OutputExistsError (exists, no ``overwrite``) or OutputNotWritableError (local parent
-    missing or not writable).
+    Raises OutputExistsError (exists, no ``overwrite``; or a folder) or OutputNotWritableError
+    (local parent missing or not writable).
     """
-    _check_target(path, dict(storage_options or {}), overwrite)
-    if _is_local(path):
-        parent = os.path.dirname(_normalise_uri(path))
-        if not os.path.isdir(parent):
-            raise OutputNotWritableError(f"cannot write {path!r}: {parent!r} is not a directory")
-        if not os.access(parent, os.W_OK):
-            raise OutputNotWritableError(f"cannot write {path!r}: {parent!r} is not writable")
-
-
-def _deliver(local_tmp: str, path: str, storage_options: dict[str, Any]) -> None:
-    """Move a finished local temporary file to ``path`` (local rename, or upload for URLs)."""
-    if _is_local(path):
-        os.replace(local_tmp, _normalise_uri(path))
-        return
-    fs, p = _fs(path, storage_options)
-    fs.put_file(local_tmp, p)
-    os.remove(local_tmp)
-
-
-def _local_tmp(path: str, suffix: str) -> str:
-    """A temporary file name next to a local ``path`` (same filesystem), else in $TMPDIR."""
-    if _is_local(path):
-        target = _normalise_uri(path)
-        parent = os.path.dirname(target)
-        if not os.path.isdir(parent):
-            raise OutputNotWritableError(f"cannot write {path!r}: {parent!r} is not a directory")
-        if not os.access(parent, os.W_OK):
-            raise OutputNotWritableError(f"cannot write {path!r}: {parent!r} is not writable")
-        return os.path.join(parent, f".{os.path.basename(target)}.{uuid.uuid4().hex}{suffix}")
-    return os.path.join(tempfile.gettempdir(), f"liif-{uuid.uuid4().hex}{suffix}")
+    check_target(_loc(path, storage_options), overwrite=overwrite, role="export")
 
 
 def _overview_factors(height: int, width: int, blocksize: int) -> list[int]:
@@ -563,8 +631,8 @@ def export_geotiff(
         raise ConfigError(f"blocksize must be a positive multiple of 16, got {blocksize!r}")
     if cog and blocksize < 128:
         raise ConfigError(f"a COG needs blocksize >= 128 (GDAL COG driver), got {blocksize}")
-    options = dict(storage_options or {})
-    _check_target(path, options, overwrite)
+    target = _loc(path, storage_options)
+    check_target(target, overwrite=overwrite, role="export")
 
     c, h, w = output.shape
     dtype = output.dtype
@@ -599,8 +667,8 @@ def export_geotiff(
     step_c = blocksize * math.ceil(cw / blocksize)
     factors = _overview_factors(h, w, blocksize) if overviews else []
 
-    tiled = _local_tmp(path, ".tif")
-    final = _local_tmp(path, ".cog.tif") if cog else tiled
+    tiled = local_tmp(target, ".tif")
+    final = local_tmp(target, ".cog.tif") if cog else tiled
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -637,27 +705,12 @@ def export_geotiff(
                     )
                     copy_opts["PREDICTOR"] = profile.get("predictor", 1)
                     rasterio.shutil.copy(tiled, final, driver="GTiff", **copy_opts)
-        _deliver(final, path, options)
+        deliver(final, target)
     finally:
         for tmp in {tiled, final}:
             if os.path.exists(tmp):
                 os.remove(tmp)
     return path
-
-
-def _write_bytes(path: str, payload: bytes, storage_options: dict[str, Any]) -> None:
-    if _is_local(path):
-        tmp = _local_tmp(path, ".tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(payload)
-            os.replace(tmp, _normalise_uri(path))
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    else:
-        fs, p = _fs(path, storage_options)
-        fs.pipe_file(p, payload)
 
 
 def write_png(
@@ -688,15 +741,15 @@ def write_png(
             f"{h}x{w} = {h * w / 1e6:.1f} Mpx is too large for a PNG (limit "
             f"{MAX_PNG_PIXELS / 1e6:.0f} Mpx); use export_geotiff or write_preview_png"
         )
-    options = dict(storage_options or {})
-    _check_target(path, options, overwrite)
+    target = _loc(path, storage_options)
+    check_target(target, overwrite=overwrite, role="PNG")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with MemoryFile() as mem:
             with mem.open(driver="PNG", width=w, height=h, count=c, dtype=array.dtype.name) as dst:
                 dst.write(array)
             payload = mem.read()
-    _write_bytes(path, payload, options)
+    write_bytes(target, payload)
     return path
 
 
@@ -734,7 +787,7 @@ def write_preview_png(
     """
     if not isinstance(max_side, int) or max_side < 1:
         raise ConfigError(f"max_side must be a positive integer, got {max_side!r}")
-    _check_target(path, dict(storage_options or {}), overwrite)
+    check_target(_loc(path, storage_options), overwrite=overwrite, role="preview")
     c, h, w = output.shape
     bands = 1 if c < 3 else 3
     step = max(1, math.ceil(max(h, w) / max_side))

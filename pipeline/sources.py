@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import abc
 import contextvars
+import hashlib
 import io
 import math
 import os
@@ -59,13 +60,16 @@ from pipeline.errors import (
     ConfigError,
     EmptyInputError,
     InputNotFoundError,
+    InputReadError,
+    PipelineError,
     UnsupportedDtypeError,
     UnsupportedInputError,
     WindowError,
 )
+from pipeline.io.locations import resolve
 from pipeline.values import validate_dtype
 
-__all__ = ["LAYOUTS", "Source", "SourceSpec", "open_source"]
+__all__ = ["LAYOUTS", "Source", "SourceSpec", "content_identity", "open_source"]
 
 LAYOUTS = ("auto", "CHW", "HWC")
 #: the auto layout rule treats a dimension of at most this size as the band axis
@@ -74,7 +78,6 @@ MAX_AUTO_BANDS = 16
 _ZARR_METADATA = ("zarr.json", ".zarray", ".zgroup")
 _PIL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _TIFF_EXTENSIONS = (".tif", ".tiff")
-_LOCAL_SCHEMES = ("", "file", "local")
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,11 @@ class SourceSpec:
         m = self.max_pixels_in_memory
         if isinstance(m, bool) or not isinstance(m, int | np.integer) or m < 1:
             raise ConfigError(f"max_pixels_in_memory {m!r} must be a positive integer")
+
+    @property
+    def location(self) -> Any:
+        """The resolved :class:`pipeline.io.locations.Location` of ``uri``."""
+        return resolve(self.uri, self.storage_options)
 
 
 def _normalise_bands(bands: Sequence[int]) -> tuple[int, ...]:
@@ -203,7 +211,17 @@ class Source(abc.ABC):
         if self._closed:
             raise ValueError(f"source {self.uri!r} is closed")
         (r0, r1), (c0, c1) = _check_window(rows, cols, self.shape[1], self.shape[2])
-        out = self._read(r0, r1, c0, c1)
+        try:
+            out = self._read(r0, r1, c0, c1)
+        except PipelineError:
+            raise
+        except (OSError, RuntimeError, ValueError, EOFError, KeyError) as exc:
+            # GDAL (RasterioIOError is an OSError), codecs (RuntimeError, checksum ValueError),
+            # truncated files (EOFError) and missing chunks of a broken store (KeyError)
+            raise InputReadError(
+                f"cannot read {self.uri!r} at rows {r0}..{r1}, cols {c0}..{c1} (the file may be "
+                f"truncated or corrupt): {type(exc).__name__}: {exc}"
+            ) from exc
         if out.dtype != self.dtype:
             out = out.astype(self.dtype)
         return out
@@ -381,7 +399,13 @@ def _open_zarr(spec: SourceSpec, store: str, remote: bool) -> Source:
     except (ValueError, TypeError, KeyError) as exc:
         raise UnsupportedInputError(f"corrupt zarr metadata in {spec.uri!r}: {exc}") from exc
     if isinstance(node, zarr.Group):
-        arrays = sorted(p for p, m in node.members(max_depth=None) if isinstance(m, zarr.Array))
+        try:
+            members = list(node.members(max_depth=None))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise UnsupportedInputError(
+                f"corrupt zarr metadata inside the group {spec.uri!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        arrays = sorted(p for p, m in members if isinstance(m, zarr.Array))
         where = f"group {spec.array_path!r} in " if spec.array_path else ""
         if len(arrays) != 1:
             found = ", ".join(repr(a) for a in arrays) if arrays else "none"
@@ -593,16 +617,14 @@ def open_source(spec: SourceSpec | str | os.PathLike[str]) -> Source:
         _refuse_array_path(spec, "rasterio")
         return _open_with(spec, ("rasterio",), uri, None)
 
-    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    loc = resolve(uri, spec.storage_options)
     fs: Any | None = None
-    if scheme in _LOCAL_SCHEMES:
-        path = os.path.expanduser(uri.split("://", 1)[1] if scheme else uri)
+    if loc.is_local:
+        path = loc.path
         exists, isdir = os.path.exists(path), os.path.isdir(path)
     else:
-        import fsspec
-
         try:
-            fs, path = fsspec.core.url_to_fs(uri, **(spec.storage_options or {}))
+            fs, path = loc.fs()
         except (ValueError, ImportError) as exc:
             raise UnsupportedInputError(f"cannot open {uri!r} through fsspec: {exc}") from exc
         exists = fs.exists(path)
@@ -613,11 +635,9 @@ def open_source(spec: SourceSpec | str | os.PathLike[str]) -> Source:
     name = path.rstrip("/")
     base = name.rsplit("/", 1)[-1]
     if base in _ZARR_METADATA or isdir or base.lower().endswith(".zarr"):
-        store = uri.rstrip("/")
+        store = loc.url.rstrip("/")
         if base in _ZARR_METADATA:
             store = store.rsplit("/", 1)[0]
-        if fs is None:
-            store = os.path.dirname(name) if base in _ZARR_METADATA else name
         return _open_zarr(spec, store, remote=fs is not None)
 
     _refuse_array_path(spec, "image file")
@@ -666,3 +686,74 @@ def _open_with(spec: SourceSpec, backends: Sequence[str], path: str, fs: Any | N
         f"{spec.uri!r} is not a supported image ({'; '.join(failures)}); supported inputs: "
         "zarr arrays/groups, GeoTIFF/COG and other GDAL rasters, PNG, JPEG, BMP, WebP, TIFF"
     )
+
+
+# ------------------------------------------------------------------------------- identity
+
+_STAT_KEYS = ("size", "ETag", "etag", "VersionId", "version_id", "LastModified", "mtime",
+              "generation", "md5Hash", "crc32c")
+
+
+def _stat(fs: Any | None, path: str) -> dict[str, Any] | None:
+    try:
+        if fs is None:
+            st = os.stat(path)
+            return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        info = fs.info(path)
+    except (OSError, ValueError):
+        return None
+    return {k: str(info[k]) if not isinstance(info[k], int | float) else info[k]
+            for k in _STAT_KEYS if info.get(k) is not None}
+
+
+def _tree_stat(path: str) -> dict[str, int]:
+    """Files, total bytes and latest modification time under a local folder (a Zarr store):
+    rewriting any chunk in place changes at least the time."""
+    files = size = latest = 0
+    for dirpath, _, names in os.walk(path):
+        for name in names:
+            try:
+                st = os.stat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            files, size, latest = files + 1, size + st.st_size, max(latest, st.st_mtime_ns)
+    return {"files": files, "size": size, "mtime_ns": latest}
+
+
+def content_identity(source: Source, *, windows: int = 3, side: int = 32) -> dict[str, Any]:
+    """What identifies an open input's content, to refuse resuming after it changed in place.
+
+    ``storage``: size and modification time of the file (local), or its size, ETag, version
+    and modification time (object stores); for a local Zarr folder, the file count, total size
+    and latest modification time of everything in it; for a remote Zarr prefix, those of its
+    metadata files only (listing millions of chunks would cost more than the job's reads).
+    ``samples``: blake2b digest of ``windows x windows`` windows of ``side`` pixels spread over
+    the image (a rewrite of the pixels there is caught even when the metadata is untouched).
+    """
+    spec = source.spec
+    storage: dict[str, Any] = {}
+    if not spec.uri.startswith("/vsi"):
+        loc = resolve(spec.uri, spec.storage_options)
+        fs, path = (None, loc.path) if loc.is_local else loc.fs()
+        isdir = os.path.isdir(path) if fs is None else fs.isdir(path)
+        if isdir and fs is None:
+            storage["tree"] = _tree_stat(path)
+        elif isdir:
+            roots = [path] + ([f"{path}/{spec.array_path.strip('/')}"] if spec.array_path else [])
+            for root in roots:
+                for meta in _ZARR_METADATA + (".zattrs",):
+                    st = _stat(fs, f"{root}/{meta}")
+                    if st is not None:
+                        storage[f"{root[len(path):] or '.'}/{meta}"] = st
+        else:
+            storage["file"] = _stat(fs, path)
+    _, h, w = source.shape
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{source.shape}|{source.dtype}".encode())
+    for i in range(windows):
+        for j in range(windows):
+            r0 = (h - min(side, h)) * i // max(1, windows - 1)
+            c0 = (w - min(side, w)) * j // max(1, windows - 1)
+            block = source.read((r0, r0 + min(side, h)), (c0, c0 + min(side, w)))
+            digest.update(np.ascontiguousarray(block).tobytes())
+    return {"storage": storage, "samples": digest.hexdigest()}

@@ -21,9 +21,19 @@ Band groups
     maps the 3-channel outputs back to bands, averaging every copy of the same band (so a
     replicated grey band comes back as the mean of the three output channels).
 
-Nodata
-    A pixel is nodata when every band equals the nodata value (NaN nodata matches NaN).
-    :func:`upsample_mask` carries such a mask to output resolution by nearest neighbour.
+Nodata and invalid pixels
+    A pixel is nodata when every band equals the nodata value (NaN nodata matches NaN). A pixel
+    is *invalid* when it is nodata or, for float inputs, any band is NaN or infinite
+    (:func:`invalid_mask`). Invalid pixels never reach the network: :func:`fill_invalid` replaces
+    them ring by ring with the mean of their valid 8-neighbours, for :data:`FILL_PASSES` rings,
+    and what is still unfilled with 0.5 (the value the encoder's zero padding stands for at the
+    image border). The fill is local (a value depends only on pixels within ``FILL_PASSES``),
+    so tiles that read ``FILL_PASSES`` extra pixels give the same result as the whole image.
+    :func:`upsample_mask` carries the invalid mask to output resolution by nearest neighbour:
+    exactly the output pixels whose nearest input pixel was invalid become nodata (NaN for a
+    float input without a nodata value). :func:`nudge_off_nodata` moves every band value of a
+    *valid* output pixel that happens to equal the nodata value one unit toward the value range
+    (GDAL's warper does the same), so readers never show a valid pixel as a hole.
 """
 
 from __future__ import annotations
@@ -37,13 +47,18 @@ from numpy.typing import ArrayLike, DTypeLike
 from pipeline.errors import BandSelectionError, ConfigError, UnsupportedDtypeError
 
 __all__ = [
+    "FILL_PASSES",
     "SUPPORTED_DTYPES",
     "band_groups",
     "default_value_range",
+    "fill_invalid",
     "from_unit",
+    "invalid_mask",
+    "mask_output",
     "merge_groups",
     "nearest_index",
     "nodata_mask",
+    "nudge_off_nodata",
     "parse_value_range",
     "to_unit",
     "upsample_mask",
@@ -264,3 +279,94 @@ def upsample_mask(mask: np.ndarray, rows_u: ArrayLike, cols_u: ArrayLike) -> np.
     r = nearest_index(np.ravel(rows_u), m.shape[0])
     c = nearest_index(np.ravel(cols_u), m.shape[1])
     return m[np.ix_(r, c)]
+
+
+#: rings of neighbours that :func:`fill_invalid` propagates valid values into invalid pixels
+FILL_PASSES = 8
+FILL_CONSTANT = 0.5
+
+
+def invalid_mask(arr: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Boolean ``(h, w)``: nodata pixels (all bands equal ``nodata``) or, for float data, pixels
+    with a NaN or infinite value in any band."""
+    mask = nodata_mask(arr, nodata)
+    a = np.asarray(arr)
+    if a.dtype.kind == "f":
+        mask |= ~np.isfinite(a).all(axis=0)
+    return mask
+
+
+def _box3(a: np.ndarray) -> np.ndarray:
+    """Sum over each 3x3 neighbourhood of the last two axes (zero outside)."""
+    h, w = a.shape[-2:]
+    p = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(1, 1), (1, 1)])
+    out = np.zeros_like(a)
+    for dy in range(3):
+        for dx in range(3):
+            out += p[..., dy:dy + h, dx:dx + w]
+    return out
+
+
+def fill_invalid(unit: np.ndarray, invalid: np.ndarray, passes: int = FILL_PASSES,
+                 constant: float = FILL_CONSTANT) -> np.ndarray:
+    """``unit (C, h, w)`` with its ``invalid (h, w)`` pixels filled (a new float32 array).
+
+    Ring by ring (``passes`` rings), each invalid pixel with valid 8-neighbours takes their mean
+    and becomes valid; pixels still invalid after that take ``constant``. A filled value depends
+    only on the input within ``passes`` pixels, so a window read with ``passes`` extra pixels on
+    each side (clamped to the image) and cropped back equals the whole-image fill.
+    """
+    x = np.array(unit, dtype=np.float32, copy=True)
+    valid = ~np.asarray(invalid, dtype=bool)
+    x[:, ~valid] = 0.0
+    for _ in range(passes):
+        v = valid.astype(np.float32)
+        n = _box3(v)
+        grow = ~valid & (n > 0)
+        if not grow.any():
+            break
+        s = _box3(x * v)
+        x[:, grow] = s[:, grow] / n[grow]
+        valid = valid | grow
+    x[:, ~valid] = constant
+    return x
+
+
+def mask_output(data: np.ndarray, invalid: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Write nodata (NaN for float data without a nodata value) into the ``invalid (h, w)``
+    pixels of ``data (C, h, w)``, in place; returns ``data``."""
+    if invalid.any():
+        if nodata is not None:
+            data[:, invalid] = nodata
+        elif data.dtype.kind == "f":
+            data[:, invalid] = np.nan
+        else:
+            raise ValueError(f"{int(invalid.sum())} invalid pixels but no nodata value for the "
+                             f"integer dtype {data.dtype}")
+    return data
+
+
+def nudge_off_nodata(data: np.ndarray, valid: np.ndarray, nodata: float | None,
+                     value_range: tuple[float, float]) -> int:
+    """Move every band value of a ``valid (h, w)`` pixel of ``data (C, h, w)`` that equals
+    ``nodata`` one unit toward the value range (1 for integers, one ulp for floats), in place:
+    up, unless ``nodata`` is at or above the range's top or the dtype's maximum. Returns how
+    many values moved."""
+    if nodata is None or (isinstance(nodata, float) and math.isnan(nodata)):
+        return 0
+    hit = (data == nodata) & np.asarray(valid, dtype=bool)[None]
+    count = int(hit.sum())
+    if not count:
+        return 0
+    up = nodata < value_range[1]
+    if data.dtype.kind in "iu":
+        info = np.iinfo(data.dtype)
+        if nodata >= info.max:
+            up = False
+        elif nodata <= info.min:
+            up = True
+        data[hit] = int(nodata) + (1 if up else -1)
+    else:
+        target = np.array(np.inf if up else -np.inf, dtype=data.dtype)
+        data[hit] = np.nextafter(np.array(nodata, dtype=data.dtype), target)
+    return count

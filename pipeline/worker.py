@@ -1,11 +1,16 @@
-"""The tile worker: one model, many tiles. The in-process and Ray executors both host this class.
+"""Tile workers: one model, many tiles. The in-process and Ray executors host these classes.
 
-For each tile it reads its own input window (with halo), decodes its output window in the global
-frame, and writes whole output chunks itself; only a small record travels back to the driver.
+:class:`BaseTileWorker` does everything that does not depend on the model family: for each tile
+it reads its own input window (with halo), fills invalid pixels, lets the family decode the
+window (:meth:`BaseTileWorker.infer`), converts to the output dtype, masks nodata, writes whole
+output chunks itself and records the tile with a digest per chunk; only a small record travels
+back to the driver. A tile finished by an earlier run is verified against its digests instead,
+and redone if its chunks changed. :class:`TileWorker` is the LIIF family.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -15,13 +20,17 @@ from typing import Any
 import numpy as np
 
 from pipeline.sinks import ZarrOutput
-from pipeline.sources import SourceSpec, open_source
-from pipeline.tiling import Tile, output_positions
+from pipeline.sources import Source, SourceSpec, open_source
+from pipeline.tiling import Tile, Window, output_positions
 from pipeline.values import (
+    FILL_PASSES,
     band_groups,
+    fill_invalid,
     from_unit,
+    invalid_mask,
+    mask_output,
     merge_groups,
-    nodata_mask,
+    nudge_off_nodata,
     to_unit,
     upsample_mask,
 )
@@ -45,27 +54,66 @@ class TileJob:
     device: str | None = None
     threads: int | None = None
     fail_after: int | None = field(default=None, compare=False)  # test hook: crash after N tiles
+    tile_delay: float = field(default=0.0, compare=False)  # test hook: seconds of sleep per tile
+    verify_inputs: bool = False  # on resume: also check each finished tile's input windows
 
 
-class TileWorker:
-    """Hosts one model; ``process(tile)`` upscales one tile and returns a small record."""
+def raw_digest(raw: np.ndarray) -> str:
+    """blake2b-128 of an input window's native values (shape and dtype included)."""
+    h = hashlib.blake2b(f"{raw.shape}|{raw.dtype}".encode(), digest_size=16)
+    h.update(np.ascontiguousarray(raw).tobytes())
+    return h.hexdigest()
 
-    def __init__(self, job: TileJob) -> None:
+
+def read_unit(source: Source, window: Window, value_range: tuple[float, float],
+              nodata: float | None, raw: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """``(unit (C, h, w) float32, invalid (h, w) bool)`` for ``window`` of ``source`` (``raw``:
+    the window's native values when already read).
+
+    Invalid pixels (nodata, NaN, inf) are filled by :func:`pipeline.values.fill_invalid` from a
+    window read ``FILL_PASSES`` pixels wider (clamped to the image), so the filled values equal
+    a whole-image fill and tiles stay exact.
+    """
+    w = window
+    if raw is None:
+        raw = source.read((w.row0, w.row1), (w.col0, w.col1))
+    invalid = invalid_mask(raw, nodata)
+    if not invalid.any():
+        return to_unit(raw, value_range), invalid
+    _, h, wd = source.shape
+    p = FILL_PASSES
+    r0, r1 = max(0, w.row0 - p), min(h, w.row1 + p)
+    c0, c1 = max(0, w.col0 - p), min(wd, w.col1 + p)
+    wide = source.read((r0, r1), (c0, c1))
+    filled = fill_invalid(to_unit(wide, value_range), invalid_mask(wide, nodata))
+    return filled[:, w.row0 - r0:w.row1 - r0, w.col0 - c0:w.col1 - c0], invalid
+
+
+class BaseTileWorker:
+    """Hosts one model; ``process(tile)`` computes one tile and returns a small record.
+
+    Subclasses load their model in :meth:`load_model` and decode a window in :meth:`infer`.
+    """
+
+    def __init__(self, job: Any) -> None:
         import torch
-
-        from liif import load_model
 
         if job.threads:
             torch.set_num_threads(job.threads)
         self.job = job
-        device = job.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.device = torch.device(device)
-        self.model = load_model(job.model, device=self.device)
+        self.device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = self.load_model()
         self.source = open_source(job.source)
         self.output = ZarrOutput(job.output_uri, job.output_storage_options)
         self.groups = band_groups(self.source.shape[0])
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.done = 0
+
+    def load_model(self) -> Any:
+        from liif import load_model
+
+        return load_model(self.job.model, device=self.device)
 
     def pid(self) -> int:
         return os.getpid()
@@ -73,45 +121,98 @@ class TileWorker:
     def close(self) -> None:
         self.source.close()
 
+    def infer(self, tile: Tile, unit: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """The tile's output in [0, 1] ``(C, th, tw)`` float from its filled input window
+        ``unit (C, ih, iw)``, plus extra record fields."""
+        raise NotImplementedError
+
     def upscale_window(self, tile: Tile) -> np.ndarray:
-        """The decoded output of ``tile`` ``(C, th, tw)`` in the output dtype (nodata applied)."""
+        """The output of ``tile`` ``(C, th, tw)`` in the output dtype, nodata applied."""
+        return self._compute(tile)[0]
+
+    def input_digests(self, tile: Tile) -> dict[str, str]:
+        """Digests of the input windows ``tile`` reads now (compared with its record's)."""
+        iw = tile.in_window
+        return {"input": raw_digest(self.source.read((iw.row0, iw.row1), (iw.col0, iw.col1)))}
+
+    def _compute(self, tile: Tile) -> tuple[np.ndarray, dict[str, Any]]:
+        job, iw, ow = self.job, tile.in_window, tile.out_window
+        raw = self.source.read((iw.row0, iw.row1), (iw.col0, iw.col1))
+        unit, invalid = read_unit(self.source, iw, job.value_range, job.nodata, raw)
+        merged, extra = self.infer(tile, unit)
+        extra["inputs"] = {"input": raw_digest(raw), **extra.pop("inputs", {})}
+        data = from_unit(merged, np.dtype(job.out_dtype), job.value_range)
+        bad = np.zeros(ow.shape, dtype=bool)
+        if invalid.any():
+            (h, w), (H, W) = job.in_shape, job.out_shape
+            uy = output_positions(h, H, ow.row0, ow.row1) - iw.row0
+            ux = output_positions(w, W, ow.col0, ow.col1) - iw.col0
+            bad = upsample_mask(invalid, uy, ux)
+            mask_output(data, bad, job.nodata)
+        extra["nudged"] = nudge_off_nodata(data, ~bad, job.nodata, job.value_range)
+        extra["nodata_pixels"] = int(bad.sum())
+        return data, extra
+
+    def _write(self, tile: Tile, data: np.ndarray) -> dict[str, str]:
+        ow = tile.out_window
+        rows, cols = (ow.row0, ow.row1), (ow.col0, ow.col1)
+        try:
+            return self.output.write(rows, cols, data)
+        except (ValueError, RuntimeError, OSError):
+            # a shard torn by an interrupted write cannot be read back for the rewrite
+            if not self.output.clear(rows, cols):
+                raise
+            return self.output.write(rows, cols, data)
+
+    def process(self, tile: Tile, trusted: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Compute, write and record ``tile``; with ``trusted`` (its record from an earlier
+        run), first verify its stored chunks and return that record when they match."""
+        t0 = time.perf_counter()
+        ow = tile.out_window
+        if trusted is not None:
+            digests = trusted.get("digests")
+            bad = (self.output.verify((ow.row0, ow.row1), (ow.col0, ow.col1), digests)
+                   if isinstance(digests, dict) and digests else ["<no digests recorded>"])
+            if not bad and self.job.verify_inputs:
+                # the input changed since this tile was made: keep it only if what it read did not
+                bad = [] if self.input_digests(tile) == trusted.get("inputs") else ["<input>"]
+            if not bad:
+                return {**trusted, "out_pixels": ow.size, "verified": True}
+            self.output.manifest.forget(tile.key)
+            self.output.clear((ow.row0, ow.row1), (ow.col0, ow.col1))
+        data, extra = self._compute(tile)
+        digests = self._write(tile, data)
+        if self.job.tile_delay:
+            time.sleep(self.job.tile_delay)
+        seconds = time.perf_counter() - t0
+        record = {"key": tile.key, "out_window": ow.to_dict(), "seconds": round(seconds, 4),
+                  "worker": self.name, "out_pixels": ow.size, "in_pixels": tile.in_window.size,
+                  **extra, "digest": "blake2b-128", "digests": digests}
+        self.output.manifest.mark_done(tile.key, record)
+        self.done += 1
+        if self.job.fail_after is not None and self.done >= self.job.fail_after:
+            os._exit(17)  # simulate a crash after the tile is written (tests only)
+        return {**record, "redone": trusted is not None}
+
+
+class TileWorker(BaseTileWorker):
+    """The LIIF family: encode the window, decode the tile's output pixels in the global frame."""
+
+    def infer(self, tile: Tile, unit: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         import torch
 
         from liif.infer import decode, normalize
 
         job, iw, ow = self.job, tile.in_window, tile.out_window
-        raw = self.source.read((iw.row0, iw.row1), (iw.col0, iw.col1))
-        unit = torch.from_numpy(to_unit(raw, job.value_range)).to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(unit)).to(self.device)
         outs = []
         with torch.inference_mode():
             for g in self.groups:
-                img = normalize(unit[list(g)]).unsqueeze(0)
+                img = normalize(x[list(g)]).unsqueeze(0)
                 feat = self.model.encode(img)
                 pred = decode(self.model, feat, in_shape=job.in_shape, out_shape=job.out_shape,
                               rows=(ow.row0, ow.row1), cols=(ow.col0, ow.col1),
                               offset=(iw.row0, iw.col0), chunk_pixels=job.chunk_pixels,
                               precision=job.precision)[0]
                 outs.append((pred * 0.5 + 0.5).clamp_(0, 1).cpu().numpy())
-        merged = merge_groups(outs, self.groups, tuple(range(self.source.shape[0])))
-        data = from_unit(merged, np.dtype(job.out_dtype), job.value_range)
-        if job.nodata is not None:
-            mask = nodata_mask(raw, job.nodata)
-            if mask.any():
-                (h, w), (H, W) = job.in_shape, job.out_shape
-                uy = output_positions(h, H, ow.row0, ow.row1) - iw.row0
-                ux = output_positions(w, W, ow.col0, ow.col1) - iw.col0
-                data[:, upsample_mask(mask, uy, ux)] = job.nodata
-        return data
-
-    def process(self, tile: Tile) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        ow = tile.out_window
-        self.output.write((ow.row0, ow.row1), (ow.col0, ow.col1), self.upscale_window(tile))
-        seconds = time.perf_counter() - t0
-        record = {"key": tile.key, "out_window": ow.to_dict(), "seconds": round(seconds, 4),
-                  "worker": self.name, "out_pixels": ow.size, "in_pixels": tile.in_window.size}
-        self.output.manifest.mark_done(tile.key, record)
-        self.done += 1
-        if self.job.fail_after is not None and self.done >= self.job.fail_after:
-            os._exit(17)  # simulate a crash after the tile is written (tests only)
-        return record
+        return merge_groups(outs, self.groups, tuple(range(self.source.shape[0]))), {}

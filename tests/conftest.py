@@ -168,3 +168,64 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------- tiny checkpoints
+
+TINY_ENCODER = {"name": "edsr-baseline",
+                "args": {"no_upsampling": True, "n_resblocks": 2, "n_feats": 8}}
+TINY_IMNET = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16, 16]}}
+
+
+def make_tiny_liif(path: Path, seed: int = 0) -> Path:
+    """A tiny EDSR-baseline LIIF (halo 8) with seeded random weights, saved as ours."""
+    import torch
+
+    import liif
+
+    torch.manual_seed(seed)
+    model = liif.LIIF(TINY_ENCODER, imnet_spec=TINY_IMNET)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0.0, 0.15)
+    return liif.save_checkpoint(model, path)
+
+
+@pytest.fixture(scope="session")
+def tiny_liif(tmp_path_factory) -> Path:
+    """Path of a tiny seeded LIIF checkpoint (shared by the session)."""
+    return make_tiny_liif(tmp_path_factory.mktemp("tiny_liif") / "liif.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_ttsr(tmp_path_factory) -> Path:
+    """Path of a tiny seeded TTSR checkpoint (1+1+1+1 blocks, 8 features; radius 24 LR px)."""
+    import torch
+
+    import liif
+    from liif.ttsr import TTSR
+
+    torch.manual_seed(0)
+    model = TTSR(num_res_blocks="1+1+1+1", n_feats=8)
+    return liif.save_checkpoint(model, tmp_path_factory.mktemp("tiny_ttsr") / "ttsr.safetensors")
+
+
+def tree_digest(*roots: Path) -> dict[str, str]:
+    """Every file and folder under ``roots`` (or the file itself) -> sha256 of its bytes
+    ("dir" for folders): compare before/after to prove nothing was written or destroyed."""
+    import hashlib
+
+    out = {}
+    for root in roots:
+        root = Path(root)
+        if root.is_file():
+            out[str(root)] = hashlib.sha256(root.read_bytes()).hexdigest()
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames:
+                out[os.path.join(dirpath, name)] = "dir"
+            for name in filenames:
+                p = os.path.join(dirpath, name)
+                out[p] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+    return out

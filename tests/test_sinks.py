@@ -230,7 +230,7 @@ def test_overwrite_refuses_to_delete_a_non_zarr_directory(tmp_path):
     target = tmp_path / "precious"
     target.mkdir()
     (target / "notes.txt").write_text("keep me")
-    with pytest.raises(OutputExistsError, match="not a Zarr group"):
+    with pytest.raises(OutputExistsError, match="not an output of this project"):
         _create(str(target), overwrite=True)
     assert (target / "notes.txt").read_text() == "keep me"
 
@@ -274,7 +274,7 @@ def test_resume_of_a_non_output_directory_is_a_config_error(tmp_path):
 
 
 def test_overwrite_and_resume_together_are_rejected(tmp_path):
-    with pytest.raises(ConfigError, match="mutually exclusive"):
+    with pytest.raises(ConfigError, match="exclude each other"):
         _create(str(tmp_path / "o.zarr"), overwrite=True, resume=True)
     assert not (tmp_path / "o.zarr").exists()
 
