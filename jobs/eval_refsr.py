@@ -218,8 +218,12 @@ def main(argv: list[str] | None = None) -> int:
         if a.threads < 1:
             p.error(f"--threads must be a positive integer, got {a.threads!r}")
         torch.set_num_threads(a.threads)
+    from pipeline.io.locations import check_paths, model_files
+
     try:
         ttsr_paths = parse_ttsr_args(a.ttsr)
+        check_paths({"--json": a.json}, {"--gt": a.gt, "--ttsr": [path for _, path in ttsr_paths],
+                                         "--liif": model_files(a.liif)})
     except ValueError as e:
         p.error(str(e))
     from liif import load_model
@@ -248,8 +252,11 @@ def main(argv: list[str] | None = None) -> int:
             print("note: not every sample has a reference from another source; the irrelevant "
                   "reference then comes from the same source (see the counts above)")
     if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(_json_safe(report), indent=1))
+        from pipeline.io.atomic import write_bytes
+        from pipeline.io.locations import resolve
+
+        write_bytes(resolve(a.json), json.dumps(_json_safe(report), indent=1).encode(),
+                    make_parents=True)
     return 0
 
 

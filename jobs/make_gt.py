@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from pipeline.errors import PipelineError
-from pipeline.gt import GTConfig, make_gt, shard_paths
+from pipeline.gt import GTConfig, check_gt_paths, make_gt, shard_paths
 
 
 def _storage_options(items: list[str], parser: argparse.ArgumentParser) -> dict[str, Any] | None:
@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             reference_bands=tuple(a.reference_bands) if a.reference_bands else None,
             ref_size=a.ref_size, ref_shift=a.ref_shift,
             storage_options=_storage_options(a.storage_option, p))
+        check_gt_paths(cfg)  # before Ray starts
     except PipelineError as e:
         p.error(str(e))
     if a.workers > 0:

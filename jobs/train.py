@@ -23,6 +23,7 @@ from pathlib import Path
 
 from liif.train import TrainConfig, check_init
 from pipeline.errors import PipelineError
+from pipeline.io.locations import check_paths, model_files
 from pipeline.ray_train import RayTrainOptions, run_training, summary_json
 
 SMOKE_CONFIG = Path(__file__).resolve().parent / "configs" / "smoke.yaml"
@@ -108,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             storage_path=a.storage_path, run_name=a.run_name or cfg_path.stem,
             s3_endpoint=a.s3_endpoint, max_failures=a.max_failures, num_to_keep=a.keep,
             val_root=a.val_data, val_set=a.val_set, val_images=a.val_images)
+        run_dir = options.storage_path.rstrip("/") + "/" + options.run_name
+        check_paths({"--storage-path/--run-name": run_dir},
+                    {"--config": a.config, "--gt": a.gt, "--data": a.data,
+                     "--val-data": a.val_data, "--init": model_files(cfg.init)})
     except (TypeError, ValueError, FileNotFoundError) as e:
         p.error(str(e))
     import ray

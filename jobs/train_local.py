@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from liif.train import TrainConfig, check_init, psnr_model_on, train
+from pipeline.io.locations import check_paths, model_files
 
 
 def set5_validation(data_root: Path, scales=(2, 4), names=("bird", "butterfly", "head")):
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.init is not None:
             cfg = dataclasses.replace(cfg, init=a.init)
         check_init(cfg)
+        check_paths({"out_dir": cfg.out_dir},
+                    {"--config": a.config, "data": list(cfg.data), "--val-data": a.val_data,
+                     "--init": model_files(cfg.init)})
     except (TypeError, ValueError, FileNotFoundError) as e:
         p.error(str(e))
     validate = set5_validation(Path(a.val_data)) if a.val_data else None

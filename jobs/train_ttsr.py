@@ -39,6 +39,7 @@ import torch
 from liif.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from liif.ttsr import TTSR, make_ttsr_optimizers, ref_batch, ttsr_train_step
 from liif.ttsr.model import parse_num_res_blocks
+from pipeline.io.locations import check_paths
 
 __all__ = ["GTReadError", "RefSample", "ResumeError", "TTSRTrainConfig", "load_ref_samples",
            "main", "train_ttsr"]
@@ -434,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
             threads=a.threads, save_every=a.save_every, log_every=a.log_every, seed=a.seed,
             init=a.init, vgg_weights=a.vgg_weights, augment=a.augment,
             milestones=tuple(a.milestones), gamma=a.gamma)
+        check_paths({"--out": a.out}, {"--gt": a.gt, "--init": a.init,
+                                      "--vgg-weights": a.vgg_weights})
     except ValueError as e:
         p.error(str(e))
     from pipeline.errors import PipelineError

@@ -48,7 +48,6 @@ import json
 import math
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +58,9 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import ConfigError, InputNotFoundError, OutputExistsError
 from pipeline.georef import window_transform
+from pipeline.io.atomic import write_bytes
+from pipeline.io.lease import OutputLease
+from pipeline.io.locations import check_paths, resolve
 from pipeline.refpairs import ViewParams, raster_window, synth_view
 from pipeline.sources import SourceSpec, open_source
 from pipeline.values import default_value_range, from_unit, nodata_mask, to_unit
@@ -440,7 +442,8 @@ def _plan(cfg: GTConfig, probes: list[dict[str, Any]], specs: list[SourceSpec]
     for t, start in enumerate(range(0, len(cands), cfg.patches_per_shard)):
         group = tuple(cands[start:start + cfg.patches_per_shard])
         used = {c.source: specs[c.source] for c in group}
-        tasks.append(_ShardTask(t, f"part-{t:05d}.parquet", group, used, cfg, cfg.output))
+        out = resolve(cfg.output, cfg.storage_options).url  # the same place from any cwd
+        tasks.append(_ShardTask(t, f"part-{t:05d}.parquet", group, used, cfg, out))
     return tasks
 
 
@@ -604,20 +607,6 @@ def _is_local(fs: Any) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
-def _write_atomic(fs: Any, path: str, payload: bytes) -> None:
-    """Temporary name + rename locally; one PUT (atomic) on object stores."""
-    parent = path.rsplit("/", 1)[0]
-    if _is_local(fs):
-        os.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(path, payload)
-        fs.invalidate_cache(parent)
-
-
 _REF_COLUMNS = ("ref", "ref_shape", "ref_dtype", "ref_kind", "ref_uri", "ref_window", "ref_params")
 _VIEW = ViewParams()
 
@@ -747,8 +736,8 @@ def _run_shard(task: _ShardTask) -> dict[str, Any]:
         table = pa.table(rows, schema=SCHEMA)
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
-        fs, root = _fs_and_path(task.output, cfg.storage_options)
-        _write_atomic(fs, f"{root.rstrip('/')}/{SHARD_DIR}/{task.name}", buf.getvalue())
+        write_bytes(resolve(task.output, cfg.storage_options).child(f"{SHARD_DIR}/{task.name}"),
+                    buf.getvalue(), make_parents=True)
         record.update(file=f"{SHARD_DIR}/{task.name}", bytes=buf.tell())
     record["seconds"] = round(time.perf_counter() - t0, 3)
     return record
@@ -788,6 +777,13 @@ def _totals(shards: dict[str, dict[str, Any]]) -> dict[str, int]:
     return tot
 
 
+def check_gt_paths(cfg: GTConfig) -> None:
+    """Refuse an output that is, contains or lies inside an input (or the reference input)."""
+    check_paths({"--output": cfg.output},
+                {"--input": list(cfg.inputs), "--reference-input": cfg.reference_input},
+                cfg.storage_options)
+
+
 def _prepare_output(cfg: GTConfig, overwrite: bool, resume: bool
                     ) -> tuple[Any, str, dict[str, Any] | None]:
     if overwrite and resume:
@@ -806,6 +802,12 @@ def _prepare_output(cfg: GTConfig, overwrite: bool, resume: bool
             # only ever delete what this module writes: never a folder of someone else's files
             foreign = sorted(n for n in entries if n not in (MANIFEST, SHARD_DIR)
                              and not n.startswith("."))
+            marked = read_manifest(cfg.output, cfg.storage_options)
+            if not foreign and (marked is None or marked.get("format") != FORMAT):
+                raise OutputExistsError(
+                    f"refusing to overwrite {cfg.output!r}: it holds no {FORMAT} {MANIFEST} "
+                    "(the marker of a ground-truth output of this project); remove it yourself "
+                    "or choose another output")
             if foreign:
                 raise OutputExistsError(
                     f"output {cfg.output!r} holds files that are not ground truth "
@@ -889,7 +891,15 @@ def make_gt(cfg: GTConfig, *, workers: int = 2, overwrite: bool = False, resume:
         raise ConfigError(f"workers must be an integer >= 0, got {workers!r}")
     t0 = time.perf_counter()
     say = log or (lambda _m: None)
+    check_gt_paths(cfg)
     sources = expand_inputs(cfg.inputs, cfg.storage_options)
+    check_paths({"--output": cfg.output}, {"--input": sources}, cfg.storage_options)
+    with OutputLease(resolve(cfg.output, cfg.storage_options)):
+        return _make_gt(cfg, sources, workers, overwrite, resume, cpus_per_task, say, t0)
+
+
+def _make_gt(cfg: GTConfig, sources: list[str], workers: int, overwrite: bool, resume: bool,
+             cpus_per_task: float, say: Callable[[str], None], t0: float) -> dict[str, Any]:
     fs, root, previous = _prepare_output(cfg, overwrite, resume)
     if previous is not None:
         _check_resumable(previous, cfg, sources)
@@ -922,7 +932,8 @@ def make_gt(cfg: GTConfig, *, workers: int = 2, overwrite: bool = False, resume:
         manifest["counts"] = _totals(done)
         manifest["complete"] = len(done) == len(tasks)
         payload = json.dumps(manifest, indent=1, sort_keys=True).encode()
-        _write_atomic(fs, f"{root}/{MANIFEST}", payload)
+        write_bytes(resolve(cfg.output, cfg.storage_options).child(MANIFEST), payload,
+                    make_parents=True)
 
     save_manifest()
     this_run = 0

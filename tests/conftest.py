@@ -229,3 +229,26 @@ def tree_digest(*roots: Path) -> dict[str, str]:
                 p = os.path.join(dirpath, name)
                 out[p] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
     return out
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on loopback for the session: ``{"endpoint", "options", "fs"}`` with one
+    bucket ``liif-test``; ``options`` are the fsspec storage options that reach it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                     "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            mp.setenv(k, v)
+        import s3fs
+
+        endpoint = f"http://{host}:{port}"
+        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
+        fs = s3fs.S3FileSystem(**options)
+        fs.mkdir("liif-test")
+        yield {"endpoint": endpoint, "options": options, "fs": fs}
+    server.stop()

@@ -478,3 +478,47 @@ def test_after_an_unreadable_input_is_repaired_resume_redoes_tiles_whose_input_c
     run_upscale(cfg(tiny_liif, str(bad), tmp_path / "clean.zarr", **kw))
     assert np.array_equal(read(out), read(tmp_path / "clean.zarr"))
     assert "stopped_on_unreadable_input" not in zarr.open_array(str(out), path="image").attrs
+
+
+# --------------------------------------------------------------------------- fsspec stores
+
+
+@pytest.mark.parametrize("store", ["memory", "s3"])
+def test_lease_on_fsspec_stores(store: str, request: pytest.FixtureRequest) -> None:
+    """Exclusive create on a memory filesystem and on S3 (conditional PUT, moto)."""
+    if store == "s3":
+        s3 = request.getfixturevalue("s3_server")
+        loc = resolve(f"s3://liif-test/lease-{time.time_ns()}/out.zarr", s3["options"])
+    else:
+        loc = resolve(f"memory://lease-{time.time_ns()}/out.zarr")
+    first = OutputLease(loc).acquire()
+    try:
+        with pytest.raises(OutputLockedError, match="being written by another job"):
+            OutputLease(loc).acquire()
+    finally:
+        first.release()
+    OutputLease(loc).acquire().release()  # free again
+
+
+def test_resume_verification_on_s3(tmp_path: Path, tiny_liif: Path, s3_server: dict) -> None:
+    """An output on S3: a deleted chunk object is found and its tile redone on resume."""
+    data = np.random.default_rng(11).random((3, 24, 24), dtype=np.float32)
+    src = zarr_input(tmp_path / "in.zarr", data)
+    url = f"s3://liif-test/verify-{time.time_ns()}.zarr"
+    opts = s3_server["options"]
+
+    def job(**kw: object) -> dict:
+        c = cfg(tiny_liif, src, url, tile=16, **kw)
+        from dataclasses import replace
+
+        return run_upscale(replace(c, output=OutputSpec(url, opts)))
+
+    assert job()["tiles"] == 9
+    store = zarr.storage.FsspecStore.from_url(url, storage_options=opts, read_only=True)
+    clean = np.asarray(zarr.open_array(store, path="image", mode="r")[...])
+    fs = s3_server["fs"]
+    fs.rm(url[len("s3://"):] + "/image/c/0/1/1")
+    s = job(resume=True)
+    assert s["tiles_redone"] == 1 and s["tiles_verified"] == 8
+    store = zarr.storage.FsspecStore.from_url(url, storage_options=opts, read_only=True)
+    assert np.array_equal(np.asarray(zarr.open_array(store, path="image", mode="r")[...]), clean)

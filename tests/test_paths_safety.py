@@ -260,3 +260,90 @@ def test_check_disjoint_names_both_roles(tmp_path: Path) -> None:
                        [("--input", resolve(f"file://{tmp_path}/a.tif"))])
     check_disjoint([("--cog", resolve(str(tmp_path / "a.tif"))), ("--summary", None)],
                    [("--input", resolve(str(tmp_path / "b.tif")))])
+
+
+# -------------------------------------------------------------------------------- other jobs
+
+
+def _images(folder: Path, n: int = 2) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def _exit_code(fn, argv: list[str]) -> int:
+    try:
+        return fn(argv)
+    except SystemExit as e:
+        return int(e.code) if isinstance(e.code, int) else 1
+
+
+OTHER_JOBS = {
+    "make_gt_output_is_input": lambda d: ("make_gt", [
+        "--input", str(d / "imgs"), "--output", f"file://{d}/imgs", "--overwrite", "--patch", "16",
+        "--scales", "2", "--lr-size", "8", "--workers", "0"], ("--output", "--input")),
+    "make_gt_output_inside_input": lambda d: ("make_gt", [
+        "--input", f"{d}/imgs/*.png", "--output", "~/imgs/gt", "--patch", "16", "--scales", "2",
+        "--lr-size", "8", "--workers", "0"], ("--output", "--input")),
+    "make_gt_output_is_reference_input": lambda d: ("make_gt", [
+        "--input", str(d / "imgs"), "--reference-input", str(d / "scene.tif"), "--output",
+        str(d / "scene.tif"), "--overwrite", "--patch", "16", "--scales", "4", "--lr-size", "4",
+        "--ref-size", "16", "--workers", "0"], ("--output", "--reference-input")),
+    "train_ttsr_out_is_gt": lambda d: ("train_ttsr", [
+        "--gt", str(d / "gt"), "--out", str(d / "gt"), "--steps", "1"], ("--out", "--gt")),
+    "train_storage_inside_data": lambda d: ("train", [
+        "--config", str(REPO / "jobs" / "configs" / "smoke.yaml"), "--data", str(d / "imgs"),
+        "--storage-path", "~/imgs", "--run-name", "r"], ("--storage-path", "--data")),
+    "train_local_out_dir_is_data": lambda d: ("train_local", [
+        "--config", str(REPO / "jobs" / "configs" / "smoke.yaml"), "--set",
+        f"data=[{d / 'imgs'}]", f"out_dir={d / 'imgs'}"], ("out_dir", "data")),
+    "evaluate_json_is_model": lambda d: ("evaluate", [
+        "--model", str(d / "liif.safetensors"), "--raster", f"r={d}/scene.tif", "--window", "16",
+        "--scales", "2", "--json", "~/liif.safetensors"], ("--json", "--model")),
+    "evaluate_out_inside_data": lambda d: ("evaluate", [
+        "--model", str(d / "liif.safetensors"), "--data", str(d), "--sets", "imgs",
+        "--scales", "2", "--out", str(d / "imgs" / "HR" / "t.md")], ("--out", "--data")),
+    "eval_refsr_json_inside_gt": lambda d: ("eval_refsr", [
+        "--gt", str(d / "gt"), "--json", f"file://{d}/gt/report.json"], ("--json", "--gt")),
+}
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", list(OTHER_JOBS))
+def test_every_job_refuses_outputs_that_overlap_its_inputs(
+        name: str, world: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    d = world["d"]
+    _images(d / "imgs")
+    _images(d / "imgs" / "HR")
+    (d / "gt").mkdir()
+    (d / "gt" / "manifest.json").write_text('{"format": "x"}')
+    module, argv, flags = OTHER_JOBS[name](d)
+    job = importlib.import_module(f"jobs.{module}")
+    before = tree_digest(d)
+    capsys.readouterr()
+    rc = _exit_code(job.main, argv)
+    err = capsys.readouterr().err
+    assert rc == 2, f"{name}: exit {rc}: {err[-600:]}"
+    for flag in flags:
+        assert flag in err, f"{flag!r} not in {err[-600:]!r}"
+    assert tree_digest(d) == before
+
+
+def test_make_gt_overwrite_needs_its_marker(world: dict[str, Path],
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder holding only a 'shards' folder (no manifest of ours) is not replaced."""
+    from jobs.make_gt import main as make_gt_main
+
+    d = world["d"]
+    _images(d / "imgs")
+    (d / "other" / "shards").mkdir(parents=True)
+    (d / "other" / "shards" / "mine.bin").write_bytes(b"1")
+    before = tree_digest(d)
+    rc = _exit_code(make_gt_main, ["--input", str(d / "imgs"), "--output", str(d / "other"),
+                                   "--overwrite", "--patch", "16", "--scales", "2", "--lr-size",
+                                   "8", "--workers", "0"])
+    assert rc == 2 and "refusing to overwrite" in capsys.readouterr().err
+    assert tree_digest(d) == before

@@ -88,9 +88,12 @@ def deliver(tmp: str, loc: Location) -> None:
     os.remove(tmp)
 
 
-def write_bytes(loc: Location, payload: bytes) -> None:
-    """Write ``payload`` to ``loc`` atomically (whole or not at all)."""
+def write_bytes(loc: Location, payload: bytes, *, make_parents: bool = False) -> None:
+    """Write ``payload`` to ``loc`` atomically (whole or not at all); ``make_parents`` creates
+    missing local folders first."""
     if loc.is_local:
+        if make_parents:
+            os.makedirs(os.path.dirname(loc.path), exist_ok=True)
         tmp = local_tmp(loc, ".tmp")
         try:
             with open(tmp, "wb") as fh:

@@ -84,6 +84,7 @@ class OutputLease:
         self.taken_over: dict[str, Any] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._created: list[str] = []
 
     # -------------------------------------------------------------------------- records
 
@@ -116,6 +117,7 @@ class OutputLease:
         payload = json.dumps(self._record()).encode()
         loc = self.where
         if loc.is_local:
+            self._make_parents(os.path.dirname(loc.path))
             tmp = f"{loc.path}.{self.token}.tmp"
             with open(tmp, "wb") as fh:
                 fh.write(payload)
@@ -141,6 +143,17 @@ class OutputLease:
             time.sleep(0.2)
             rec = self._read()
             return bool(rec and rec.get("token") == self.token)
+
+    def _make_parents(self, folder: str) -> None:
+        """Create missing parent folders (an output may go to a new folder); remembered, so
+        that :meth:`release` removes them again if the job left them empty."""
+        missing = []
+        while folder and not os.path.isdir(folder):
+            missing.append(folder)
+            folder = os.path.dirname(folder)
+        for d in reversed(missing):
+            os.mkdir(d)
+            self._created.append(d)
 
     def _write(self) -> None:
         payload = json.dumps(self._record()).encode()
@@ -240,6 +253,12 @@ class OutputLease:
             rec = self._read()
             if rec is not None and rec.get("token") == self.token:
                 self._delete()
+        for d in reversed(self._created):
+            try:
+                os.rmdir(d)  # only if the job left it empty
+            except OSError:
+                break
+        self._created = []
 
     def __enter__(self) -> OutputLease:
         return self.acquire()

@@ -37,6 +37,8 @@ from pipeline.errors import ConfigError, PathConflictError
 __all__ = [
     "Location",
     "check_disjoint",
+    "check_paths",
+    "model_files",
     "resolve",
 ]
 
@@ -274,7 +276,42 @@ def _conflict(role: str, out: Location, other_role: str, other: Location, verb: 
         "contains" if _path_nested(other.path, out.path) else "is the same file as")
     where = f" (both resolve to {out.display!r})" if out.path == other.path else (
         f" ({out.display!r} and {other.display!r})")
-    harm = ("writing it would destroy what the job reads" if verb == "read"
+    harm = ("writing it could destroy or change what the job reads" if verb == "read"
             else "two outputs of the job would overwrite each other")
     return (f"{role} {out.uri!r} {how} {other_role} {other.uri!r}{where}: {harm}; "
             f"choose another {role}")
+
+
+def _static_part(uri: str) -> str:
+    """The part of a glob pattern before its first wildcard, cut back to a whole component."""
+    cut = min((i for i, ch in enumerate(uri) if ch in "*?["), default=None)
+    if cut is None:
+        return uri
+    head = uri[:cut]
+    return head.rsplit("/", 1)[0] if "/" in head else "."
+
+
+def check_paths(writes: dict[str, str | None], reads: dict[str, str | Iterable[str] | None],
+                storage_options: dict[str, Any] | None = None) -> None:
+    """:func:`check_disjoint` on raw texts: ``{"--out": path}`` against ``{"--data": [paths]}``.
+
+    Read patterns with wildcards count as the folder they search (everything under it is read);
+    ``None`` values are skipped.
+
+    Raises:
+        PathConflictError: an output overlaps an input or another output.
+    """
+    outs = [(role, resolve(text, storage_options)) for role, text in writes.items() if text]
+    ins: list[Role] = []
+    for role, value in reads.items():
+        if value is None:
+            continue
+        for text in [value] if isinstance(value, str | os.PathLike) else value:
+            if text:
+                ins.append((role, resolve(_static_part(os.fspath(text)), storage_options)))
+    check_disjoint(outs, ins)
+
+
+def model_files(*refs: str | None) -> list[str]:
+    """Those of ``refs`` that name an existing file (a bundled model name is not a path)."""
+    return [os.path.expanduser(r) for r in refs if r and os.path.isfile(os.path.expanduser(r))]
