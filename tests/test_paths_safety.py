@@ -123,6 +123,9 @@ CASES = {
     "cog_equals_summary": (lambda d: liif_job(d, str(d / "in.zarr"), str(d / "o.zarr"), "--cog",
                                               str(d / "x.tif"), "--summary", "~/x.tif"),
                            ("--cog", "--summary")),
+    "summary_is_a_device": (lambda d: liif_job(d, str(d / "in.zarr"), str(d / "o.zarr"),
+                                               "--summary", "/dev/null", "--overwrite"),
+                            ("--summary", "not a regular file")),
     "cog_inside_output": (lambda d: liif_job(d, str(d / "in.zarr"), str(d / "o.zarr"), "--cog",
                                              str(d / "o.zarr" / "x.tif")), ("--cog", "--output")),
     # TTSR mode

@@ -53,6 +53,11 @@ def check_target(loc: Location, *, overwrite: bool, role: str = "output") -> Non
         if os.path.isdir(loc.path):
             raise OutputExistsError(
                 f"{role} {loc.uri!r} is a folder; give a file name")
+        if os.path.exists(loc.path) and not os.path.isfile(loc.path):
+            # a rename onto a device or pipe would replace the device node itself
+            raise OutputExistsError(
+                f"{role} {loc.uri!r} is not a regular file (a device, socket or pipe); give a "
+                "file name")
         if os.path.lexists(loc.path) and not overwrite:
             raise OutputExistsError(
                 f"{role} {loc.uri!r} already exists; pass --overwrite to replace it")
