@@ -178,8 +178,8 @@ def steady_mpx_per_s(out: Path) -> float | None:
 
 def run_job(src: str, out: Path, ckpt: Path, *, scale: float, executor: str, workers: int = 1,
             precision: str = "fp32", tile: int | None = None) -> dict[str, Any]:
-    from pipeline.sinks import OutputSpec
-    from pipeline.sources import SourceSpec
+    from pipeline.io.sources import SourceSpec
+    from pipeline.io.zarr_output import OutputSpec
     from pipeline.upscale import UpscaleConfig, run_upscale
 
     cfg = UpscaleConfig(source=SourceSpec(src), output=OutputSpec(str(out)), scale=scale,
@@ -197,7 +197,7 @@ def fmt(v: float | None, nd: int = 3) -> str:
 
 
 def section_halo(ckpt: Path) -> None:
-    from pipeline.tiling import default_tile_for, plan_tiles
+    from pipeline.geometry.tiling import default_tile_for, plan_tiles
 
     print("\n== 1. halo overhead (default tile, chunk 256; output 20000 x 20000) ==")
     import liif
@@ -218,7 +218,7 @@ def section_halo(ckpt: Path) -> None:
 
 
 def section_throughput(data_dir: Path, ckpt: Path, work: Path, scale: float) -> None:
-    from pipeline.ray_executor import ensure_ray
+    from pipeline.run.ray_executor import ensure_ray
 
     print(f"\n== 2. throughput: 1 vs 2 Ray CPU workers (1 thread each), x{scale:g} ==")
     raster = data_dir / "sentinel2_TCI_100m.tif"
@@ -276,7 +276,7 @@ def child_memory(spec: dict[str, Any]) -> None:
     """One memory run in this (fresh) process: wraps the pipeline's executor so the actors' peak
     RSS is read just before they are killed; prints one JSON line."""
     import pipeline.upscale as up
-    from pipeline.ray_executor import ensure_ray
+    from pipeline.run.ray_executor import ensure_ray
 
     ensure_ray(num_cpus=2)
     actor_peaks: list[float | None] = []

@@ -132,9 +132,9 @@ def _run_reference(parser: argparse.ArgumentParser, a: argparse.Namespace) -> in
 
     if a.scale is not None and a.scale not in (4.0, (4.0, 4.0)):
         parser.error(f"--reference runs TTSR at a fixed x4; got --scale {a.scale}")
+    from pipeline.io.sources import SourceSpec
+    from pipeline.io.zarr_output import OutputSpec
     from pipeline.refsr import DEFAULT_MAX_OUTPUT_PIXELS, RefSRConfig, run_refsr
-    from pipeline.sinks import OutputSpec
-    from pipeline.sources import SourceSpec
 
     def build() -> RefSRConfig:
         return RefSRConfig(
@@ -228,7 +228,7 @@ def _resources(a: argparse.Namespace) -> tuple[int, float, int | None]:
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    from pipeline.ray_executor import RAY_ENV_DEFAULTS
+    from pipeline.run.ray_executor import RAY_ENV_DEFAULTS
 
     for k, v in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(k, v)
@@ -258,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.scale is None and a.size is None:
         parser.error("give --scale or --size")
 
-    from pipeline.sinks import OutputSpec
-    from pipeline.sources import SourceSpec
+    from pipeline.io.sources import SourceSpec
+    from pipeline.io.zarr_output import OutputSpec
     from pipeline.upscale import DEFAULT_MAX_OUTPUT_PIXELS, UpscaleConfig, run_upscale
 
     def build() -> UpscaleConfig:

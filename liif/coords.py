@@ -64,7 +64,7 @@ def output_size(in_shape: tuple[int, int], *, scale: object = None,
                 size: tuple[int, int] | None = None) -> tuple[int, int]:
     """Output ``(H, W)`` from a scale (number or ``(sy, sx)``) or an exact size.
 
-    ``H = floor(h * sy + 0.5)`` (at least 1); the same rule as ``pipeline.tiling``.
+    ``H = floor(h * sy + 0.5)`` (at least 1); the same rule as ``pipeline.geometry.tiling``.
     """
     if (scale is None) == (size is None):
         raise ValueError("give exactly one of scale= or size=")

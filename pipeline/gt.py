@@ -57,13 +57,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import ConfigError, InputNotFoundError, OutputExistsError
-from pipeline.georef import window_transform
+from pipeline.geometry.affine import window_transform
 from pipeline.io.atomic import write_bytes
 from pipeline.io.lease import OutputLease
 from pipeline.io.locations import check_paths, resolve
+from pipeline.io.sources import SourceSpec, open_source
+from pipeline.io.values import default_value_range, from_unit, nodata_mask, to_unit
 from pipeline.refpairs import ViewParams, raster_window, synth_view
-from pipeline.sources import SourceSpec, open_source
-from pipeline.values import default_value_range, from_unit, nodata_mask, to_unit
 
 __all__ = [
     "FORMAT",

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ConfigError
+from pipeline.geometry.affine import apply, invert
 
 __all__ = ["ViewParams", "raster_window", "relight", "rotated_square", "sample_view",
            "squares_disjoint", "synth_view", "write_overlap_pair"]
@@ -185,15 +186,11 @@ def raster_window(hr_transform: Sequence[float], hr_side: int, ref_transform: Se
     y = d col + e row + f); ``ref_transform`` the reference raster's; ``shift`` ``(dy, dx)`` in
     reference pixels. ``None`` when the window leaves the raster ``ref_shape`` ``(H, W)``.
     """
-    a, b, c, d, e, f = (float(v) for v in hr_transform)
-    x = a * hr_side / 2 + b * hr_side / 2 + c
-    y = d * hr_side / 2 + e * hr_side / 2 + f
-    ra, rb, rc, rd, re_, rf = (float(v) for v in ref_transform)
-    det = ra * re_ - rb * rd
-    if det == 0:
-        raise ConfigError(f"reference transform {tuple(ref_transform)} is not invertible")
-    col = (re_ * (x - rc) - rb * (y - rf)) / det
-    row = (-rd * (x - rc) + ra * (y - rf)) / det
+    x, y = apply(hr_transform, hr_side / 2, hr_side / 2)
+    try:
+        col, row = apply(invert(ref_transform, "reference"), x, y)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     r0 = int(math.floor(row - ref_size / 2 + 0.5)) + int(shift[0])
     c0 = int(math.floor(col - ref_size / 2 + 0.5)) + int(shift[1])
     if r0 < 0 or c0 < 0 or r0 + ref_size > ref_shape[0] or c0 + ref_size > ref_shape[1]:

@@ -35,9 +35,9 @@ Reference window
     tractable (the search costs ``LR positions x reference positions`` per tile).
 
 Values: the LR and the reference are mapped to [0, 1] with their own value ranges
-(:func:`pipeline.values.to_unit`), clipped to [0, 1] (TTSR's input domain) and non-finite
+(:func:`pipeline.io.values.to_unit`), clipped to [0, 1] (TTSR's input domain) and non-finite
 values replaced by 0; LR nodata pixels are written as nodata. Bands run in RGB triplets
-(:func:`pipeline.values.band_groups`); the reference needs the same band count as the input.
+(:func:`pipeline.io.values.band_groups`); the reference needs the same band count as the input.
 """
 
 from __future__ import annotations
@@ -51,13 +51,14 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import BandSelectionError, ConfigError, InputNotFoundError
-from pipeline.sinks import (
+from pipeline.geometry.affine import compose, invert
+from pipeline.geometry.tiling import Tile, Window, check_output_size, plan_tiles
+from pipeline.io.sources import SourceSpec, content_identity, open_source
+from pipeline.io.values import default_value_range, merge_groups
+from pipeline.io.zarr_output import (
     OutputSpec,
 )
-from pipeline.sources import SourceSpec, content_identity, open_source
-from pipeline.tiling import Tile, Window, check_output_size, plan_tiles
-from pipeline.values import default_value_range, merge_groups
-from pipeline.worker import BaseTileWorker, raw_digest, read_unit
+from pipeline.run.worker import BaseTileWorker, raw_digest, read_unit
 
 __all__ = [
     "SCALE",
@@ -183,26 +184,6 @@ def ttsr_receptive_radius(num_res_blocks: tuple[int, int, int, int]) -> int:
 # --------------------------------------------------------------------------------- alignment
 
 
-Affine6 = tuple[float, float, float, float, float, float]
-
-
-def _inverse(t: Affine6, what: str) -> Affine6:
-    a, b, c, d, e, f = t
-    det = a * e - b * d
-    if det == 0 or not math.isfinite(det):
-        raise ReferenceAlignmentError(f"the {what} transform {t!r} is not invertible")
-    ia, ib, id_, ie = e / det, -b / det, -d / det, a / det
-    return (ia, ib, -(ia * c + ib * f), id_, ie, -(id_ * c + ie * f))
-
-
-def _compose(outer: Affine6, inner: Affine6) -> Affine6:
-    """``outer o inner`` (``inner`` applied first)."""
-    a1, b1, c1, d1, e1, f1 = outer
-    a2, b2, c2, d2, e2, f2 = inner
-    return (a1 * a2 + b1 * d2, a1 * b2 + b1 * e2, a1 * c2 + b1 * f2 + c1,
-            d1 * a2 + e1 * d2, d1 * b2 + e1 * e2, d1 * c2 + e1 * f2 + f1)
-
-
 def _same_crs(a: str, b: str) -> bool:
     if a == b:
         return True
@@ -326,7 +307,10 @@ def align_reference(
                 "reproject the reference onto a 4x finer grid of the input first")
         t_lr = tuple(float(v) for v in lr_transform)  # type: ignore[union-attr]
         t_ref = tuple(float(v) for v in ref_transform)  # type: ignore[union-attr]
-        m = _compose(_inverse(t_ref, "reference"), t_lr)  # type: ignore[arg-type]
+        try:
+            m = compose(invert(t_ref, "the reference"), t_lr)
+        except ValueError as exc:
+            raise ReferenceAlignmentError(str(exc)) from exc
         sx, sy = m[0], m[4]
         if abs(sx / SCALE - 1) > ratio_tol or abs(sy / SCALE - 1) > ratio_tol:
             lr_px = (math.hypot(t_lr[0], t_lr[3]), math.hypot(t_lr[1], t_lr[4]))
@@ -398,7 +382,7 @@ class RefTileWorker(BaseTileWorker):
     """Hosts one TTSR model; ``process(tile)`` super-resolves one tile, returns a small record.
 
     The model-independent steps (read, fill, nodata, write, record, verify) are
-    :class:`pipeline.worker.BaseTileWorker`'s; this class adds the reference window and TTSR.
+    :class:`pipeline.run.worker.BaseTileWorker`'s; this class adds the reference window and TTSR.
     """
 
     def __init__(self, job: RefTileJob) -> None:
@@ -625,7 +609,7 @@ def prepare_refsr(cfg: RefSRConfig) -> dict[str, Any]:
     full = alignment.full_window()
     global_search = all(
         alignment.ref_window(*tile_footprint(t), cfg.ref_margin) == full for t in plan.tiles())
-    from pipeline.georef import scaled_transform
+    from pipeline.geometry.affine import scaled_transform
 
     ref_info = {"uri": cfg.reference.uri, "bands": list(cfg.reference.bands or []),
                 "shape": [Cr, hr, wr], "value_range": list(rvr), "margin": cfg.ref_margin,

@@ -16,28 +16,27 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline.errors import ConfigError, InputReadError, PipelineError
-from pipeline.io.atomic import check_target, write_bytes
-from pipeline.io.lease import OutputLease
-from pipeline.io.locations import Location, check_disjoint, resolve
-from pipeline.progress import Progress
-from pipeline.sinks import (
-    OutputSpec,
-    ZarrOutput,
-    check_output_target,
-    create_zarr_output,
-    export_geotiff,
-    write_preview_png,
-)
-from pipeline.sources import SourceSpec, content_identity, open_source
-from pipeline.tiling import (
+from pipeline.geometry.tiling import (
     check_output_size,
     default_tile_for,
     out_size_for_scale,
     plan_tiles,
     scale_of,
 )
-from pipeline.values import default_value_range
-from pipeline.worker import TileJob
+from pipeline.io.atomic import check_target, write_bytes
+from pipeline.io.exports import export_geotiff, write_preview_png
+from pipeline.io.lease import OutputLease
+from pipeline.io.locations import Location, check_disjoint, resolve
+from pipeline.io.sources import SourceSpec, content_identity, open_source
+from pipeline.io.values import default_value_range
+from pipeline.io.zarr_output import (
+    OutputSpec,
+    ZarrOutput,
+    check_output_target,
+    create_zarr_output,
+)
+from pipeline.run.progress import Progress
+from pipeline.run.worker import TileJob
 
 DEFAULT_MAX_OUTPUT_PIXELS = 100_000_000_000  # 100 Gpx; raise with --max-output-pixels
 #: output attribute set when a run stopped on an unreadable input (cleared when a run completes)
@@ -153,7 +152,7 @@ def prepare(cfg: UpscaleConfig) -> dict[str, Any]:
     else:
         tile = cfg.tile
     plan = plan_tiles((h, w), out_shape, tile=tile, halo=halo, chunk=grid)
-    from pipeline.georef import scaled_transform
+    from pipeline.geometry.affine import scaled_transform
 
     fingerprint = {"source": cfg.source.uri, "bands": list(cfg.source.bands or []),
                    "in_shape": [h, w], "out_shape": list(out_shape), "weights_sha256": sha,
@@ -343,10 +342,10 @@ def run_plan(cfg: Any, p: dict[str, Any], make_job: Callable[[ZarrOutput, dict[s
 def make_executor(cfg: Any, job: Any, worker_cls: type | None = None) -> Any:
     """The in-process executor or a Ray actor pool hosting ``worker_cls``, per ``cfg.executor``."""
     if cfg.executor == "in-process":
-        from pipeline.executor import InProcessExecutor
+        from pipeline.run.executors import InProcessExecutor
 
         return InProcessExecutor(job, worker_cls=worker_cls)
-    from pipeline.ray_executor import RayExecutor, ensure_ray
+    from pipeline.run.ray_executor import RayExecutor, ensure_ray
 
     ensure_ray(cfg.ray_address)
     return RayExecutor(job, workers=cfg.workers, gpus_per_worker=cfg.gpus_per_worker,

@@ -22,13 +22,13 @@ from conftest import tree_digest
 
 from jobs.upscale import main
 from pipeline.errors import InputReadError, OutputLockedError
+from pipeline.geometry.tiling import output_positions
 from pipeline.io.lease import OutputLease, lease_location
 from pipeline.io.locations import resolve
-from pipeline.sinks import OutputSpec
-from pipeline.sources import SourceSpec
-from pipeline.tiling import output_positions
+from pipeline.io.sources import SourceSpec
+from pipeline.io.values import nearest_index
+from pipeline.io.zarr_output import OutputSpec
 from pipeline.upscale import UpscaleConfig, run_upscale
-from pipeline.values import nearest_index
 
 COMMON = ["--executor", "in-process", "--no-progress", "--workers", "1", "--threads-per-worker",
           "1"]
@@ -75,7 +75,7 @@ def predicted_invalid(invalid: np.ndarray, out_shape: tuple[int, int]) -> np.nda
 def _slow_job_script(model: Path, src: str, out: Path, mode: str) -> str:
     return (
         "from pipeline.upscale import UpscaleConfig, run_upscale\n"
-        "from pipeline.sinks import OutputSpec\nfrom pipeline.sources import SourceSpec\n"
+        "from pipeline.io.zarr_output import OutputSpec\nfrom pipeline.io.sources import SourceSpec\n"
         f"run_upscale(UpscaleConfig(source=SourceSpec({src!r}), output=OutputSpec({str(out)!r}),"
         f" model={str(model)!r}, scale=2.0, tile=16, chunk=16, executor='in-process',"
         f" threads_per_worker=1, progress=False, {mode}=True, test_hooks={{'tile_delay': 0.4}}))\n")
@@ -311,7 +311,7 @@ def test_valid_pixels_never_equal_nodata(tmp_path: Path, tiny_liif: Path) -> Non
 
 
 def test_nudge_moves_toward_the_value_range() -> None:
-    from pipeline.values import nudge_off_nodata
+    from pipeline.io.values import nudge_off_nodata
 
     a = np.array([[[255, 3]], [[255, 255]]], dtype=np.uint8)
     assert nudge_off_nodata(a, np.ones((1, 2), bool), 255, (0, 255)) == 3
@@ -419,7 +419,7 @@ def test_corrupt_input_is_a_clear_error_and_the_output_stays_resumable(
 
 
 def test_read_errors_name_the_file_and_window(tmp_path: Path) -> None:
-    from pipeline.sources import open_source
+    from pipeline.io.sources import open_source
 
     bad, _ = _corrupt("zarr_chunk", tmp_path)
     src = open_source(str(bad))

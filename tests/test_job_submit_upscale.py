@@ -12,10 +12,10 @@ import zarr
 from PIL import Image
 
 import liif
-from pipeline.sinks import OutputSpec
-from pipeline.sources import SourceSpec
+from pipeline.io.sources import SourceSpec
+from pipeline.io.values import to_unit
+from pipeline.io.zarr_output import OutputSpec
 from pipeline.upscale import UpscaleConfig, run_upscale
-from pipeline.values import to_unit
 
 ENCODER = {"name": "edsr-baseline", "args": {"no_upsampling": True, "n_resblocks": 2, "n_feats": 8}}
 IMNET = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16, 16]}}

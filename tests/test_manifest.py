@@ -1,4 +1,4 @@
-"""pipeline.manifest: done-tile records inside the output group."""
+"""pipeline.io.manifest: done-tile records inside the output group."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.manifest import TileManifest
-from pipeline.sinks import OutputSpec, create_zarr_output
+from pipeline.io.manifest import TileManifest
+from pipeline.io.zarr_output import OutputSpec, create_zarr_output
 
 
 @pytest.fixture(params=["local", "memory"])

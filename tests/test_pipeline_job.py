@@ -24,12 +24,12 @@ from rasterio.transform import Affine
 import liif
 import pipeline.upscale as upscale_mod
 from jobs.upscale import main
-from pipeline.georef import scaled_transform
-from pipeline.progress import Progress
-from pipeline.sinks import OutputSpec
-from pipeline.sources import SourceSpec
+from pipeline.geometry.affine import scaled_transform
+from pipeline.io.sources import SourceSpec
+from pipeline.io.values import fill_invalid, to_unit
+from pipeline.io.zarr_output import OutputSpec
+from pipeline.run.progress import Progress
 from pipeline.upscale import UpscaleConfig, run_upscale
-from pipeline.values import fill_invalid, to_unit
 
 REPO = Path(__file__).resolve().parents[1]
 ENCODER = {"name": "edsr-baseline", "args": {"no_upsampling": True, "n_resblocks": 2, "n_feats": 8}}
@@ -277,7 +277,7 @@ def test_geotiff_georeferencing_nodata_and_cog(tmp_path: Path, ckpt: Path) -> No
     mask = (raw == 0).all(axis=0)[np.ix_(ri, ci)]
     assert mask.any() and (~mask).any()
     assert (data[:, mask] == 0).all()
-    # the model saw the nodata pixels filled (pipeline.values.fill_invalid), and valid pixels
+    # the model saw the nodata pixels filled (pipeline.io.values.fill_invalid), and valid pixels
     # that came out equal to nodata were nudged to 1
     filled = fill_invalid(to_unit(raw, (0.0, 255.0)), (raw == 0).all(axis=0))
     ref = whole(ckpt, filled, scale=scale).astype(np.float64) * 255

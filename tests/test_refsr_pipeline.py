@@ -26,6 +26,9 @@ from pipeline.errors import (
     InputNotFoundError,
     OutputExistsError,
 )
+from pipeline.io.sources import SourceSpec
+from pipeline.io.values import fill_invalid
+from pipeline.io.zarr_output import OutputSpec
 from pipeline.refsr import (
     CrsMismatchError,
     RefAlignment,
@@ -39,9 +42,6 @@ from pipeline.refsr import (
     ttsr_output_reach,
     ttsr_receptive_radius,
 )
-from pipeline.sinks import OutputSpec
-from pipeline.sources import SourceSpec
-from pipeline.values import fill_invalid
 
 TOL = 1e-5
 CRS_A, CRS_B = "EPSG:32633", "EPSG:32634"

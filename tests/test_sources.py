@@ -1,4 +1,4 @@
-"""pipeline.sources: every backend reads windows equal to slices of the full array; every error."""
+"""pipeline.io.sources: every backend reads windows equal to slices of the full array; every error."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from pipeline.errors import (
     UnsupportedInputError,
     WindowError,
 )
-from pipeline.sources import Source, SourceSpec, open_source
+from pipeline.io.sources import Source, SourceSpec, open_source
 
 H, W = 37, 53
 UTM18 = CRS.from_epsg(32618)

@@ -18,12 +18,12 @@ import torch
 import zarr
 
 import liif
-from pipeline.sinks import OutputSpec
-from pipeline.sources import SourceSpec
-from pipeline.tiling import plan_tiles
+from pipeline.geometry.tiling import plan_tiles
+from pipeline.io.sources import SourceSpec
+from pipeline.io.values import to_unit
+from pipeline.io.zarr_output import OutputSpec
+from pipeline.run.worker import TileJob, TileWorker
 from pipeline.upscale import UpscaleConfig, run_upscale
-from pipeline.values import to_unit
-from pipeline.worker import TileJob, TileWorker
 
 ENCODERS = {
     "edsr": {"name": "edsr-baseline", "args": {"no_upsampling": True, "n_resblocks": 2, "n_feats": 8}},

@@ -1,4 +1,4 @@
-"""Property and example tests for pipeline.tiling (pure geometry, no torch/ray)."""
+"""Property and example tests for pipeline.geometry.tiling (pure geometry, no torch/ray)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.tiling import (
+from pipeline.geometry.tiling import (
     InvalidParameterError,
     InvalidScaleError,
     InvalidShapeError,
@@ -517,7 +517,7 @@ def test_other_errors():
 
 def test_module_imports_no_heavy_dependencies():
     code = (
-        "import sys, pipeline.tiling; "
+        "import sys, pipeline.geometry.tiling; "
         "bad = [m for m in ('torch', 'ray', 'zarr', 'rasterio') if m in sys.modules]; "
         "sys.exit(f'imported {bad}' if bad else 0)"
     )

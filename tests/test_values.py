@@ -1,4 +1,4 @@
-"""pipeline.values: value ranges, scaling round trips, band groups and merging, nodata masks."""
+"""pipeline.io.values: value ranges, scaling round trips, band groups and merging, nodata masks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import BandSelectionError, ConfigError, UnsupportedDtypeError
-from pipeline.values import (
+from pipeline.io.values import (
     SUPPORTED_DTYPES,
     band_groups,
     default_value_range,

@@ -1,11 +1,11 @@
-"""pipeline.georef against rasterio.Affine arithmetic."""
+"""pipeline.geometry.affine against rasterio.Affine arithmetic."""
 
 from __future__ import annotations
 
 import pytest
 from rasterio.transform import Affine, array_bounds
 
-from pipeline.georef import as_transform, bounds, scaled_transform, window_transform
+from pipeline.geometry.affine import as_transform, bounds, scaled_transform, window_transform
 
 # north-up UTM-like, and a rotated/sheared one
 TRANSFORMS = [

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pipeline.progress import Progress
-from pipeline.tiling import Tile
-from pipeline.worker import TileJob, TileWorker
+from pipeline.geometry.tiling import Tile
+from pipeline.run.progress import Progress
+from pipeline.run.worker import TileJob, TileWorker
 
 WorkItem = tuple[Tile, dict[str, Any] | None]
 

@@ -11,7 +11,7 @@ One object per tile means no two workers ever write the same object, on any file
 disks a record is written to a hidden temporary name and renamed into place, so a reader never
 sees a half-written record; object stores (S3, GCS, ...) make a single PUT visible atomically.
 
-``_manifest`` sits inside the output's Zarr group; :mod:`pipeline.sinks` makes it an empty Zarr
+``_manifest`` sits inside the output's Zarr group; :mod:`pipeline.io.zarr_output` makes it an empty Zarr
 subgroup (``_manifest/zarr.json``) so that listing the output group stays warning-free. Records
 are not Zarr nodes; ``zarr.json`` there is never treated as a record.
 """

@@ -15,8 +15,11 @@ import math
 
 __all__ = [
     "Transform",
+    "apply",
     "as_transform",
     "bounds",
+    "compose",
+    "invert",
     "scaled_transform",
     "window_transform",
 ]
@@ -92,3 +95,31 @@ def bounds(transform: object, shape: tuple[int, int]) -> tuple[float, float, flo
     xs = [a * col + b * row + c for col, row in ((0, 0), (w, 0), (0, h), (w, h))]
     ys = [d * col + e * row + f for col, row in ((0, 0), (w, 0), (0, h), (w, h))]
     return (min(xs), min(ys), max(xs), max(ys))
+
+
+def apply(transform: object, col: float, row: float) -> tuple[float, float]:
+    """Map coordinates ``(x, y)`` of the pixel position ``(col, row)``."""
+    a, b, c, d, e, f = as_transform(transform)
+    return a * col + b * row + c, d * col + e * row + f
+
+
+def invert(transform: object, what: str = "the") -> Transform:
+    """The inverse transform (map coordinates -> pixel position).
+
+    Raises:
+        ValueError: a singular (non-invertible) transform; ``what`` names it in the message.
+    """
+    a, b, c, d, e, f = as_transform(transform)
+    det = a * e - b * d
+    if det == 0 or not math.isfinite(det):
+        raise ValueError(f"{what} transform {(a, b, c, d, e, f)!r} is not invertible")
+    ia, ib, id_, ie = e / det, -b / det, -d / det, a / det
+    return (ia, ib, -(ia * c + ib * f), id_, ie, -(id_ * c + ie * f))
+
+
+def compose(outer: object, inner: object) -> Transform:
+    """``outer o inner`` (``inner`` applied first)."""
+    a1, b1, c1, d1, e1, f1 = as_transform(outer)
+    a2, b2, c2, d2, e2, f2 = as_transform(inner)
+    return (a1 * a2 + b1 * d2, a1 * b2 + b1 * e2, a1 * c2 + b1 * f2 + c1,
+            d1 * a2 + e1 * d2, d1 * b2 + e1 * e2, d1 * c2 + e1 * f2 + f1)

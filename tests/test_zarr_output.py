@@ -1,4 +1,4 @@
-"""pipeline.sinks: the Zarr output, GeoTIFF/COG export and PNG writers."""
+"""pipeline.io.zarr_output: the Zarr output, GeoTIFF/COG export and PNG writers."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from PIL import Image
 from rasterio.crs import CRS
 from rasterio.io import MemoryFile
 
-from pipeline import sinks
 from pipeline.errors import (
     ConfigError,
     InputNotFoundError,
@@ -24,16 +23,15 @@ from pipeline.errors import (
     OutputNotWritableError,
     UnsupportedDtypeError,
 )
-from pipeline.sinks import (
+from pipeline.io import exports, zarr_output
+from pipeline.io.exports import export_geotiff, write_png, write_preview_png
+from pipeline.io.zarr_output import (
     CREATED_BY,
     OutputSpec,
     ZarrOutput,
     create_zarr_output,
-    export_geotiff,
     open_zarr_output,
     output_exists,
-    write_png,
-    write_preview_png,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
@@ -295,7 +293,7 @@ def test_directory_without_write_access_is_not_writable(tmp_path, monkeypatch):
     parent.mkdir()
     real_access = os.access
     monkeypatch.setattr(
-        sinks.os, "access", lambda p, mode: False if str(p) == str(parent) else real_access(p, mode)
+        zarr_output.os, "access", lambda p, mode: False if str(p) == str(parent) else real_access(p, mode)
     )
     with pytest.raises(OutputNotWritableError, match=f"directory '{parent}' is not writable"):
         _create(str(parent / "out.zarr"))
@@ -399,7 +397,7 @@ def test_geotiff_round_trip(tmp_path, geo_output, cog):
 
 def test_cog_without_cog_driver_falls_back_to_copy_src_overviews(tmp_path, geo_output, monkeypatch):
     out, ref = geo_output
-    monkeypatch.setattr(sinks, "_has_cog_driver", lambda: False)
+    monkeypatch.setattr(exports, "_has_cog_driver", lambda: False)
     path = str(tmp_path / "fallback.tif")
     export_geotiff(out, path, blocksize=128)
     with rasterio.open(path) as src:

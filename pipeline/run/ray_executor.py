@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.progress import Progress
-from pipeline.tiling import Tile
-from pipeline.worker import TileJob, TileWorker
+from pipeline.geometry.tiling import Tile
+from pipeline.run.progress import Progress
+from pipeline.run.worker import TileJob, TileWorker
 
 RAY_ENV_DEFAULTS = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # single-node clusters stay on 127.0.0.1

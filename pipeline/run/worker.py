@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.sinks import ZarrOutput
-from pipeline.sources import Source, SourceSpec, open_source
-from pipeline.tiling import Tile, Window, output_positions
-from pipeline.values import (
+from pipeline.geometry.tiling import Tile, Window, output_positions
+from pipeline.io.sources import Source, SourceSpec, open_source
+from pipeline.io.values import (
     FILL_PASSES,
     band_groups,
     fill_invalid,
@@ -34,6 +33,7 @@ from pipeline.values import (
     to_unit,
     upsample_mask,
 )
+from pipeline.io.zarr_output import ZarrOutput
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def read_unit(source: Source, window: Window, value_range: tuple[float, float],
     """``(unit (C, h, w) float32, invalid (h, w) bool)`` for ``window`` of ``source`` (``raw``:
     the window's native values when already read).
 
-    Invalid pixels (nodata, NaN, inf) are filled by :func:`pipeline.values.fill_invalid` from a
+    Invalid pixels (nodata, NaN, inf) are filled by :func:`pipeline.io.values.fill_invalid` from a
     window read ``FILL_PASSES`` pixels wider (clamped to the image), so the filled values equal
     a whole-image fill and tiles stay exact.
     """

@@ -1,0 +1,377 @@
+"""The reader backends behind :func:`pipeline.io.sources.open_source`: Zarr, rasterio, PIL.
+
+Each gives the :class:`pipeline.io.sources.Source` interface; the rules (layouts, attributes,
+modes, alpha) are documented in :mod:`pipeline.io.sources`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import io
+import math
+import os
+import threading
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import (
+    InputNotFoundError,
+    UnsupportedDtypeError,
+    UnsupportedInputError,
+)
+from pipeline.io.sources import MAX_AUTO_BANDS, Source, SourceSpec
+
+__all__ = ["open_with", "open_zarr", "png_is_16bit_colour"]
+
+# --------------------------------------------------------------------------------------- zarr
+
+
+class _ZarrSource(Source):
+    backend = "zarr"
+
+    def __init__(self, spec: SourceSpec, array: Any, layout: str) -> None:
+        self._array = array
+        self._layout = layout
+        shape = array.shape
+        if layout == "2D":
+            native = (1, shape[0], shape[1])
+        elif layout == "CHW":
+            native = (shape[0], shape[1], shape[2])
+        else:
+            native = (shape[2], shape[0], shape[1])
+        attrs = dict(array.attrs)
+        super().__init__(
+            spec,
+            native,
+            np.dtype(array.dtype),
+            nodata=_attr_nodata(attrs, spec.uri),
+            crs=_attr_crs(attrs, spec.uri),
+            transform=_attr_transform(attrs, spec.uri),
+        )
+
+    def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        arr = self._array
+        if self._layout == "2D":
+            block = np.asarray(arr[r0:r1, c0:c1])[None]
+            return block if self.all_bands else block[list(self.bands)]
+        if self._layout == "CHW":
+            if self.all_bands:
+                return np.asarray(arr[:, r0:r1, c0:c1])
+            return np.asarray(arr.oindex[list(self.bands), r0:r1, c0:c1])
+        bsel = slice(None) if self.all_bands else list(self.bands)
+        block = np.asarray(arr.oindex[r0:r1, c0:c1, bsel])
+        return np.ascontiguousarray(block.transpose(2, 0, 1))
+
+    def _close(self) -> None:
+        self._array = None
+
+
+def _zarr_layout(shape: tuple[int, ...], layout: str, uri: str) -> str:
+    if len(shape) == 2:
+        return "2D"
+    if len(shape) != 3:
+        raise UnsupportedInputError(
+            f"zarr array {uri!r} has shape {tuple(shape)}; only 2-D (H, W) and 3-D "
+            "(C, H, W) or (H, W, C) arrays are supported"
+        )
+    if layout != "auto":
+        return layout
+    first, last = shape[0], shape[2]
+    if last <= MAX_AUTO_BANDS < first:
+        return "HWC"
+    return "CHW"
+
+
+def _attr_nodata(attrs: dict[str, Any], uri: str) -> float | None:
+    for key in ("nodata", "_FillValue"):
+        if attrs.get(key) is not None:
+            value = attrs[key]
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise UnsupportedInputError(
+                    f"zarr attribute {key}={value!r} of {uri!r} is not a number"
+                ) from None
+    return None
+
+
+def _attr_crs(attrs: dict[str, Any], uri: str) -> str | None:
+    value = attrs.get("crs")
+    if value is None or value == "":
+        return None
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        return CRS.from_user_input(value).to_wkt()
+    except (CRSError, TypeError, ValueError) as exc:
+        raise UnsupportedInputError(
+            f"zarr attribute crs={str(value)[:80]!r} of {uri!r} is not a CRS: {exc}"
+        ) from None
+
+
+def _attr_transform(attrs: dict[str, Any], uri: str) -> tuple[float, ...] | None:
+    value = attrs.get("transform")
+    if value is None:
+        return None
+    try:
+        coeffs = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        coeffs = ()
+    if len(coeffs) == 9 and coeffs[6:] == (0.0, 0.0, 1.0):
+        coeffs = coeffs[:6]
+    if len(coeffs) != 6 or not all(math.isfinite(v) for v in coeffs):
+        raise UnsupportedInputError(
+            f"zarr attribute transform={value!r} of {uri!r} must be 6 finite numbers "
+            "(a, b, c, d, e, f in rasterio.Affine order)"
+        )
+    return coeffs
+
+
+def open_zarr(spec: SourceSpec, store: str, remote: bool) -> Source:
+    import zarr
+    from zarr.errors import NodeNotFoundError
+
+    kwargs: dict[str, Any] = {"mode": "r"}
+    if spec.array_path:
+        kwargs["path"] = spec.array_path
+    if remote and spec.storage_options:
+        kwargs["storage_options"] = spec.storage_options
+    try:
+        node = zarr.open(store=store, **kwargs)
+    except (NodeNotFoundError, FileNotFoundError) as exc:
+        if spec.array_path:
+            raise InputNotFoundError(
+                f"no zarr array at array_path={spec.array_path!r} in {spec.uri!r}"
+            ) from exc
+        raise UnsupportedInputError(
+            f"{spec.uri!r} is not a zarr array or group (no zarr.json, .zarray or .zgroup)"
+        ) from exc
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UnsupportedInputError(f"corrupt zarr metadata in {spec.uri!r}: {exc}") from exc
+    if isinstance(node, zarr.Group):
+        try:
+            members = list(node.members(max_depth=None))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise UnsupportedInputError(
+                f"corrupt zarr metadata inside the group {spec.uri!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        arrays = sorted(p for p, m in members if isinstance(m, zarr.Array))
+        where = f"group {spec.array_path!r} in " if spec.array_path else ""
+        if len(arrays) != 1:
+            found = ", ".join(repr(a) for a in arrays) if arrays else "none"
+            raise UnsupportedInputError(
+                f"zarr {where}group {spec.uri!r} holds {len(arrays)} arrays ({found}); "
+                "choose one with array_path"
+            )
+        node = node[arrays[0]]
+    layout = _zarr_layout(node.shape, spec.layout, spec.uri)
+    return _ZarrSource(spec, node, layout)
+
+
+# ----------------------------------------------------------------------------------- rasterio
+
+
+class _RasterioSource(Source):
+    backend = "rasterio"
+
+    def __init__(
+        self, spec: SourceSpec, dataset: Any, context: contextvars.Context, drop_alpha: bool
+    ) -> None:
+        from rasterio.enums import ColorInterp
+
+        self._ds = dataset
+        # rasterio's Python-opener bookkeeping lives in context variables: every call on a
+        # dataset opened through fsspec must run in the context it was opened in, whatever
+        # thread makes it. The lock serialises reads, as GDAL datasets are not thread-safe.
+        self._context = context
+        self._lock = threading.Lock()
+        indexes = list(dataset.indexes)
+        if drop_alpha and len(indexes) > 1:
+            indexes = [
+                i
+                for i, ci in zip(dataset.indexes, dataset.colorinterp, strict=True)
+                if ci != ColorInterp.alpha
+            ]
+        dtypes = {dataset.dtypes[i - 1] for i in indexes}
+        if len(dtypes) != 1:
+            raise UnsupportedDtypeError(
+                f"{spec.uri!r} mixes band dtypes {sorted(dtypes)}; all bands must share one dtype"
+            )
+        crs = dataset.crs.to_wkt() if dataset.crs else None
+        transform: tuple[float, ...] | None = tuple(dataset.transform)[:6]
+        if crs is None and dataset.transform.is_identity:
+            transform = None
+        super().__init__(
+            spec,
+            (len(indexes), dataset.height, dataset.width),
+            np.dtype(dtypes.pop()),
+            nodata=None if dataset.nodata is None else float(dataset.nodata),
+            crs=crs,
+            transform=transform,
+        )
+        self._indexes = [indexes[b] for b in self.bands]
+
+    def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        from rasterio.windows import Window
+
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        with self._lock:
+            return self._context.run(self._ds.read, self._indexes, window=window)
+
+    def _close(self) -> None:
+        with self._lock:
+            self._context.run(self._ds.close)
+
+
+def _rasterio_dataset(path: str, fs: Any | None) -> Any:
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        if fs is None:
+            return rasterio.open(path)
+        protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+        opener: Any = fs  # rasterio reads byte ranges through fs.open/size/ls: no download
+        if "memory" in protocols:
+            # fsspec's memory filesystem hands every caller the same file object, which
+            # breaks a second dataset on the same file; give each open its own copy.
+            def opener(p: str, mode: str = "rb", **_: Any) -> io.BytesIO:
+                return io.BytesIO(fs.cat_file(p))
+
+        # skip GDAL's directory listing for sidecar files (.aux.xml, .msk): a remote request
+        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+            return rasterio.open(path, opener=opener)
+
+
+def _open_rasterio(spec: SourceSpec, path: str, fs: Any | None, drop_alpha: bool) -> Source:
+    context = contextvars.copy_context()
+    dataset = context.run(_rasterio_dataset, path, fs)
+    try:
+        return _RasterioSource(spec, dataset, context, drop_alpha)
+    except BaseException:
+        context.run(dataset.close)
+        raise
+
+
+# ---------------------------------------------------------------------------------------- PIL
+
+# PIL's own decompression-bomb limit is a module global; it is lifted (under this lock) while
+# an image is opened, and max_pixels_in_memory is enforced instead.
+_PIL_LOCK = threading.Lock()
+
+
+class _NotPilImage(UnsupportedInputError):
+    """PIL does not recognise the file; the dispatcher may try another backend."""
+
+
+class _PilSource(Source):
+    backend = "pil"
+
+    def __init__(self, spec: SourceSpec, data: np.ndarray) -> None:
+        super().__init__(spec, data.shape, data.dtype)
+        data = data.astype(self.dtype, copy=False)  # native byte order (PIL I;16B is big-endian)
+        self._data = data if self.all_bands else data[list(self.bands)]
+
+    def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        return self._data[:, r0:r1, c0:c1].copy()
+
+    def _close(self) -> None:
+        self._data = None
+
+
+def _pil_to_array(image: Any, uri: str) -> np.ndarray:
+    """``(C, H, W)`` array of a loaded PIL image, following the mode rules above."""
+    mode = image.mode
+    if mode == "1":
+        image, mode = image.convert("L"), "L"
+    elif mode in ("P", "PA"):
+        image, mode = image.convert("RGBA"), "RGBA"
+    elif mode in ("CMYK", "YCbCr"):
+        image, mode = image.convert("RGB"), "RGB"
+    if mode in ("L", "I", "F") or mode.startswith("I;16"):
+        data = np.asarray(image)[None]
+    elif mode in ("RGB", "RGBA"):
+        data = np.asarray(image)[:, :, :3].transpose(2, 0, 1)
+    elif mode == "LA":
+        data = np.asarray(image)[None, :, :, 0]
+    else:
+        raise UnsupportedInputError(
+            f"{uri!r} has PIL mode {mode!r}; supported: L, I;16, I, F, RGB, RGBA, LA, P, PA, 1, "
+            "CMYK, YCbCr"
+        )
+    return np.ascontiguousarray(data)
+
+
+def _open_pil(spec: SourceSpec, path: str, fs: Any | None) -> Source:
+    from PIL import Image, UnidentifiedImageError
+
+    with _PIL_LOCK:
+        limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with fs.open(path, "rb") if fs is not None else open(path, "rb") as fh:
+                with Image.open(fh) as image:
+                    width, height = image.size
+                    if width * height > spec.max_pixels_in_memory:
+                        raise UnsupportedInputError(
+                            f"{spec.uri!r} is {width}x{height} = {width * height} pixels, above "
+                            f"max_pixels_in_memory={spec.max_pixels_in_memory}; PIL loads whole "
+                            "images, so convert it to a tiled GeoTIFF or zarr"
+                        )
+                    image.load()
+                    data = _pil_to_array(image, spec.uri)
+        except UnidentifiedImageError as exc:
+            raise _NotPilImage(f"{spec.uri!r} is not an image PIL can identify: {exc}") from exc
+        except (Image.DecompressionBombError, SyntaxError) as exc:
+            raise UnsupportedInputError(f"{spec.uri!r} is not a readable image: {exc}") from exc
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise InputNotFoundError(f"input not found: {spec.uri!r}") from exc
+            raise UnsupportedInputError(f"{spec.uri!r} is not a readable image: {exc}") from exc
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    return _PilSource(spec, data)
+
+
+def png_is_16bit_colour(path: str, fs: Any | None) -> bool:
+    """True for a PNG whose IHDR says bit depth 16 with colour or alpha (PIL truncates these)."""
+    try:
+        with fs.open(path, "rb") if fs is not None else open(path, "rb") as fh:
+            head = fh.read(26)
+    except OSError:
+        return False
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return False
+    return head[24] == 16 and head[25] in (2, 4, 6)
+
+
+def open_with(spec: SourceSpec, backends: Sequence[str], path: str, fs: Any | None) -> Source:
+    """Try each backend in turn; format errors fall through to the next one."""
+    failures = []
+    for backend in backends:
+        if backend == "pil":
+            try:
+                return _open_pil(spec, path, fs)
+            except _NotPilImage as exc:
+                failures.append(f"PIL: {exc}")
+                continue
+        from rasterio.errors import RasterioIOError
+
+        try:
+            return _open_rasterio(spec, path, fs, drop_alpha=backend == "rasterio_drop_alpha")
+        except RasterioIOError as exc:
+            if fs is None and not path.startswith("/vsi") and not os.path.exists(path):
+                raise InputNotFoundError(f"input not found: {spec.uri!r}") from exc
+            missing = ("No such file", "does not exist in the file system")
+            if path.startswith("/vsi") and any(text in str(exc) for text in missing):
+                raise InputNotFoundError(f"input not found: {spec.uri!r}") from exc
+            failures.append(f"rasterio: {exc}")
+    raise UnsupportedInputError(
+        f"{spec.uri!r} is not a supported image ({'; '.join(failures)}); supported inputs: "
+        "zarr arrays/groups, GeoTIFF/COG and other GDAL rasters, PNG, JPEG, BMP, WebP, TIFF"
+    )
