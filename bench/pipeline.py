@@ -177,7 +177,8 @@ def steady_mpx_per_s(out: Path) -> float | None:
 
 
 def run_job(src: str, out: Path, ckpt: Path, *, scale: float, executor: str, workers: int = 1,
-            precision: str = "fp32", tile: int | None = None) -> dict[str, Any]:
+            precision: str = "fp32", tile: int | None = None,
+            executor_factory: Any = None) -> dict[str, Any]:
     from pipeline.io.sources import SourceSpec
     from pipeline.io.zarr_output import OutputSpec
     from pipeline.upscale import UpscaleConfig, run_upscale
@@ -186,7 +187,7 @@ def run_job(src: str, out: Path, ckpt: Path, *, scale: float, executor: str, wor
                         model=str(ckpt), executor=executor, workers=workers,
                         threads_per_worker=1 if executor == "ray" else None, precision=precision,
                         tile=tile, overwrite=True, progress=False)
-    return run_upscale(cfg)
+    return run_upscale(cfg, executor_factory=executor_factory)
 
 
 def fmt(v: float | None, nd: int = 3) -> str:
@@ -275,15 +276,14 @@ def section_memory(data_dir: Path, ckpt: Path, work: Path, sizes: list[float],
 def child_memory(spec: dict[str, Any]) -> None:
     """One memory run in this (fresh) process: wraps the pipeline's executor so the actors' peak
     RSS is read just before they are killed; prints one JSON line."""
-    import pipeline.upscale as up
+    from pipeline.run.executors import make_executor
     from pipeline.run.ray_executor import ensure_ray
 
     ensure_ray(num_cpus=2)
     actor_peaks: list[float | None] = []
-    make = up.make_executor
 
-    def make_measured(cfg: Any, job: Any, worker_cls: Any = None) -> Any:
-        ex = make(cfg, job, worker_cls)
+    def make_measured(cfg: Any, job: Any, worker_cls: Any) -> Any:
+        ex = make_executor(cfg, job, worker_cls)
         close = ex.close
 
         def close_measured() -> None:
@@ -293,9 +293,8 @@ def child_memory(spec: dict[str, Any]) -> None:
         ex.close = close_measured
         return ex
 
-    up.make_executor = make_measured
     summary = run_job(spec["src"], Path(spec["out"]), Path(spec["ckpt"]), scale=spec["scale"],
-                      executor="ray", workers=2)
+                      executor="ray", workers=2, executor_factory=make_measured)
     print(json.dumps({"summary": summary, "actor_peak_mb": actor_peaks,
                       "driver_peak_mb": peak_rss_mb()}))
 

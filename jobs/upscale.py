@@ -134,7 +134,7 @@ def _run_reference(parser: argparse.ArgumentParser, a: argparse.Namespace) -> in
         parser.error(f"--reference runs TTSR at a fixed x4; got --scale {a.scale}")
     from pipeline.io.sources import SourceSpec
     from pipeline.io.zarr_output import OutputSpec
-    from pipeline.refsr import DEFAULT_MAX_OUTPUT_PIXELS, RefSRConfig, run_refsr
+    from pipeline.refsr import RefSRConfig, run_refsr
 
     def build() -> RefSRConfig:
         return RefSRConfig(
@@ -145,7 +145,7 @@ def _run_reference(parser: argparse.ArgumentParser, a: argparse.Namespace) -> in
             output=OutputSpec(a.output, a.output_storage_options), model=a.model,
             ref_margin=a.ref_margin, alignment=a.ref_alignment, size=a.size,
             ref_value_range=tuple(a.ref_value_range) if a.ref_value_range else None,
-            **_common_options(a, DEFAULT_MAX_OUTPUT_PIXELS))
+            **_common_options(a))
 
     return _run_and_report(a, build, run_refsr)
 
@@ -181,7 +181,7 @@ def _default_workers(gpus_per_worker: float | None, threads: int | None) -> tupl
     return max(1, (os.cpu_count() or 1) // (threads or 1)), 0.0
 
 
-def _common_options(a: argparse.Namespace, default_max_pixels: int) -> dict:
+def _common_options(a: argparse.Namespace) -> dict:
     """The tiling, value, executor and output options both jobs (LIIF and TTSR) take."""
     workers, gpus, threads = _resources(a)
     return dict(
@@ -190,7 +190,7 @@ def _common_options(a: argparse.Namespace, default_max_pixels: int) -> dict:
         executor=a.executor, workers=workers, gpus_per_worker=gpus, threads_per_worker=threads,
         ray_address=a.address, overwrite=a.overwrite, resume=a.resume,
         # 0 is an error, not "unset"
-        max_output_pixels=default_max_pixels if a.max_output_pixels is None else a.max_output_pixels,
+        **({} if a.max_output_pixels is None else {"max_output_pixels": a.max_output_pixels}),
         cog=a.cog, preview=a.preview, summary=a.summary, progress=not a.no_progress)
 
 
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.io.sources import SourceSpec
     from pipeline.io.zarr_output import OutputSpec
-    from pipeline.upscale import DEFAULT_MAX_OUTPUT_PIXELS, UpscaleConfig, run_upscale
+    from pipeline.upscale import UpscaleConfig, run_upscale
 
     def build() -> UpscaleConfig:
         return UpscaleConfig(
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                               storage_options=a.storage_options, bands=a.bands),
             output=OutputSpec(a.output, a.output_storage_options),
             scale=a.scale, size=a.size, model=a.model,
-            **_common_options(a, DEFAULT_MAX_OUTPUT_PIXELS))
+            **_common_options(a))
 
     return _run_and_report(a, build, run_upscale)
 

@@ -851,26 +851,10 @@ def _check_resumable(previous: dict[str, Any], cfg: GTConfig, sources: list[str]
 def _executor(workers: int, cpus_per_task: float) -> Callable[[Callable, list], Iterable]:
     """``run(fn, items)`` yielding ``(item_index, result)`` as they finish (at most ``workers``
     Ray tasks in flight; in-process and in order when ``workers == 0``)."""
-    if workers == 0:
-        def local(fn: Callable, items: list) -> Iterable:
-            for i, item in enumerate(items):
-                yield i, fn(item)
-        return local
+    from pipeline.run.ray_executor import ray_map
 
-    import ray
-
-    def distributed(fn: Callable, items: list) -> Iterable:
-        remote = ray.remote(num_cpus=cpus_per_task, max_retries=2)(fn)
-        pending: dict[Any, int] = {}
-        nxt = 0
-        while nxt < len(items) or pending:
-            while nxt < len(items) and len(pending) < workers:
-                pending[remote.remote(items[nxt])] = nxt
-                nxt += 1
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                yield pending.pop(ref), ray.get(ref)
-    return distributed
+    return lambda fn, items: ray_map(fn, items, max_in_flight=workers,
+                                     cpus_per_task=cpus_per_task)
 
 
 def make_gt(cfg: GTConfig, *, workers: int = 2, overwrite: bool = False, resume: bool = False,

@@ -22,12 +22,12 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 
 import liif
-import pipeline.upscale as upscale_mod
 from jobs.upscale import main
 from pipeline.geometry.affine import scaled_transform
 from pipeline.io.sources import SourceSpec
 from pipeline.io.values import fill_invalid, to_unit
 from pipeline.io.zarr_output import OutputSpec
+from pipeline.run.executors import make_executor
 from pipeline.run.progress import Progress
 from pipeline.upscale import UpscaleConfig, run_upscale
 
@@ -134,24 +134,28 @@ def test_killed_actor_is_restarted_and_job_completes(ray_local, tmp_path: Path, 
     """SIGKILL one of two actors after the first finished tile: Ray restarts it, its tasks are
     retried, the job completes and the output equals the uninterrupted run."""
     state: dict = {}
-    make_executor = upscale_mod.make_executor
 
-    def capturing(cfg: UpscaleConfig, job: object, worker_cls: type | None = None) -> object:
-        ex = make_executor(cfg, job, worker_cls)
-        state["pids"] = ex.pids()
-        return ex
+    class KillingProgress:
+        """Passes updates on; kills the second actor after the first finished tile."""
 
-    class KillingProgress(Progress):
+        def __init__(self, inner: Progress) -> None:
+            self.inner = inner
+
         def update(self, pixels: int, **kw: bool) -> None:
-            super().update(pixels, **kw)
+            self.inner.update(pixels, **kw)
             if "killed" not in state:
                 state["killed"] = state["pids"][1]
                 os.kill(state["killed"], signal.SIGKILL)
 
-    monkeypatch.setattr(upscale_mod, "make_executor", capturing)
-    monkeypatch.setattr(upscale_mod, "Progress", KillingProgress)
+    def capturing(cfg: UpscaleConfig, job: object, worker_cls: type) -> object:
+        ex = make_executor(cfg, job, worker_cls)
+        state["pids"] = ex.pids()
+        run = ex.run
+        ex.run = lambda work, progress, **kw: run(work, KillingProgress(progress), **kw)
+        return ex
+
     summary = run_upscale(config(ckpt, job16["src"], tmp_path / "ray.zarr", executor="ray",
-                                 workers=2))
+                                 workers=2), executor_factory=capturing)
     assert "killed" in state
     assert summary["tiles_run"] == 16
     recs = records(tmp_path / "ray.zarr")

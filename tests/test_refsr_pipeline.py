@@ -20,6 +20,7 @@ from rasterio.transform import Affine
 import liif
 from jobs.upscale import main
 from liif.ttsr import TTSR, reference_upscale
+from liif.ttsr.receptive import ttsr_output_reach, ttsr_receptive_radius
 from pipeline.errors import (
     BandSelectionError,
     ConfigError,
@@ -39,8 +40,6 @@ from pipeline.refsr import (
     align_reference,
     prepare_refsr,
     run_refsr,
-    ttsr_output_reach,
-    ttsr_receptive_radius,
 )
 
 TOL = 1e-5
@@ -200,7 +199,8 @@ def test_worker_bounds_the_search_block(strip: dict, ckpt: Path, tmp_path: Path)
     job = RefTileJob(source=SourceSpec(strip["src"]), reference=SourceSpec(strip["refp"]),
                      alignment=RefAlignment("pixel", 0, 0, (16, 80), (64, 320)),
                      output_uri=str(tmp_path / "unused.zarr"), output_storage_options=None,
-                     model=str(ckpt), in_shape=(16, 80), value_range=(0.0, 1.0),
+                     model=str(ckpt), in_shape=(16, 80), out_shape=(64, 320),
+                     value_range=(0.0, 1.0),
                      ref_value_range=(0.0, 1.0), out_dtype="float32", search_bytes=8 * 1000 * 37)
     worker = RefTileWorker(job)
     try:

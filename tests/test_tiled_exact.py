@@ -22,8 +22,7 @@ from pipeline.geometry.tiling import plan_tiles
 from pipeline.io.sources import SourceSpec
 from pipeline.io.values import to_unit
 from pipeline.io.zarr_output import OutputSpec
-from pipeline.run.worker import TileJob, TileWorker
-from pipeline.upscale import UpscaleConfig, run_upscale
+from pipeline.upscale import LiifTileJob, TileWorker, UpscaleConfig, run_upscale
 
 ENCODERS = {
     "edsr": {"name": "edsr-baseline", "args": {"no_upsampling": True, "n_resblocks": 2, "n_feats": 8}},
@@ -179,7 +178,7 @@ def test_missing_halo_would_show_seams(tmp_path: Path, ckpts: dict[str, Path], k
     img = np.random.default_rng(5).random((3, 23, 31), dtype=np.float32)
     src = write_zarr(tmp_path / "in.zarr", img)
     ref = whole(ckpts[kind], img, scale=4.0)
-    job = TileJob(source=SourceSpec(src), output_uri=str(tmp_path / "unused.zarr"),
+    job = LiifTileJob(source=SourceSpec(src), output_uri=str(tmp_path / "unused.zarr"),
                   output_storage_options=None, model=str(ckpts[kind]), in_shape=(23, 31),
                   out_shape=(92, 124), value_range=(0.0, 1.0), out_dtype="float32")
     worker = TileWorker(job)

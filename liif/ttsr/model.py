@@ -77,6 +77,14 @@ class TTSR(nn.Module):
         self.LTE = LearnableTextureExtractor(vgg_weights=vgg_weights)
 
     @property
+    def halo(self) -> int:
+        """Receptive radius in LR pixels with the reference fixed (:mod:`liif.ttsr.receptive`):
+        tiles that read this halo equal the whole image."""
+        from liif.ttsr.receptive import ttsr_receptive_radius
+
+        return ttsr_receptive_radius(self.num_res_blocks)
+
+    @property
     def spec(self) -> dict[str, Any]:
         """``{"name": "ttsr", "args": {...}}``: rebuilds this architecture via ``build_ttsr``."""
         return {

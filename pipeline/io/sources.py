@@ -63,7 +63,8 @@ from pipeline.errors import (
 from pipeline.io.locations import resolve
 from pipeline.io.values import validate_dtype
 
-__all__ = ["LAYOUTS", "Source", "SourceSpec", "content_identity", "open_source"]
+__all__ = ["LAYOUTS", "Source", "SourceInfo", "SourceSpec", "content_identity", "open_source",
+           "probe_source"]
 
 LAYOUTS = ("auto", "CHW", "HWC")
 #: the auto layout rule treats a dimension of at most this size as the band axis
@@ -402,3 +403,23 @@ def content_identity(source: Source, *, windows: int = 3, side: int = 32) -> dic
             block = source.read((r0, r0 + min(side, h)), (c0, c0 + min(side, w)))
             digest.update(np.ascontiguousarray(block).tobytes())
     return {"storage": storage, "samples": digest.hexdigest()}
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a job needs to know of an input before it plans: ``shape`` ``(C, H, W)``, ``dtype``,
+    ``nodata``, ``crs`` (WKT), ``transform`` (6 numbers) and its :func:`content_identity`."""
+
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    nodata: float | None
+    crs: str | None
+    transform: tuple[float, ...] | None
+    identity: dict[str, Any]
+
+
+def probe_source(spec: SourceSpec) -> SourceInfo:
+    """Open ``spec``, read its metadata and identity, close it."""
+    with open_source(spec) as src:
+        return SourceInfo(src.shape, src.dtype, src.nodata, src.crs, src.transform,
+                          content_identity(src))

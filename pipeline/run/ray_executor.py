@@ -1,22 +1,23 @@
 """The Ray executor: a pool of model-hosting actors fed tiles with backpressure.
 
-Each actor (``TileWorker``, the same class as in-process) loads the model once, reads its own input
-windows and writes its own output chunks; tasks return small records. Actors restart after a
+Each actor (a family's worker class, the same as in-process) loads the model once, reads its own
+input windows and writes its own output chunks; tasks return small records. Actors restart after a
 crash and their tasks are retried, so a killed worker does not fail the job; tile writes are
 idempotent (whole chunks, same values), so a retried tile gives the same output.
+:func:`ray_map` is the plain task fan-out other jobs use (ground truth).
 """
 
 from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.geometry.tiling import Tile
 from pipeline.run.progress import Progress
-from pipeline.run.worker import TileJob, TileWorker
+from pipeline.run.worker import TileJob, Worker
 
 RAY_ENV_DEFAULTS = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # single-node clusters stay on 127.0.0.1
@@ -48,7 +49,7 @@ class RayExecutor:
     def __init__(self, job: TileJob, *, workers: int, gpus_per_worker: float = 0.0,
                  cpus_per_worker: float | None = None, in_flight_per_worker: int = 2,
                  max_restarts: int = 3, max_task_retries: int = 3,
-                 worker_cls: type | None = None) -> None:
+                 worker_cls: type[Worker]) -> None:
         import ray
 
         if workers < 1:
@@ -56,8 +57,7 @@ class RayExecutor:
         threads = job.threads
         if cpus_per_worker is None:
             cpus_per_worker = 1.0 if gpus_per_worker else float(threads or 1)
-        # worker_cls: any class with the TileWorker interface (default TileWorker)
-        remote_cls = ray.remote(worker_cls or TileWorker).options(
+        remote_cls = ray.remote(worker_cls).options(
             num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=max_restarts,
             max_task_retries=max_task_retries)
         self.actors = [remote_cls.remote(job) for _ in range(workers)]
@@ -101,3 +101,26 @@ class RayExecutor:
         for a in self.actors:
             self._ray.kill(a)
         self.actors = []
+
+
+def ray_map(fn: Callable[[Any], Any], items: list[Any], *, max_in_flight: int,
+            cpus_per_task: float = 1.0, max_retries: int = 2) -> Iterator[tuple[int, Any]]:
+    """``fn`` over ``items`` as Ray tasks, at most ``max_in_flight`` at once; yields
+    ``(item index, result)`` as they finish. ``max_in_flight == 0`` runs in this process, in
+    order (no Ray)."""
+    if max_in_flight == 0:
+        for i, item in enumerate(items):
+            yield i, fn(item)
+        return
+    import ray
+
+    remote = ray.remote(num_cpus=cpus_per_task, max_retries=max_retries)(fn)
+    pending: dict[Any, int] = {}
+    nxt = 0
+    while nxt < len(items) or pending:
+        while nxt < len(items) and len(pending) < max_in_flight:
+            pending[remote.remote(items[nxt])] = nxt
+            nxt += 1
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            yield pending.pop(ref), ray.get(ref)

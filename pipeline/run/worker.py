@@ -2,10 +2,10 @@
 
 :class:`BaseTileWorker` does everything that does not depend on the model family: for each tile
 it reads its own input window (with halo), fills invalid pixels, lets the family decode the
-window (:meth:`BaseTileWorker.infer`), converts to the output dtype, masks nodata, writes whole
-output chunks itself and records the tile with a digest per chunk; only a small record travels
-back to the driver. A tile finished by an earlier run is verified against its digests instead,
-and redone if its chunks changed. :class:`TileWorker` is the LIIF family.
+window (:meth:`BaseTileWorker.infer`, the one method a family implements), converts to the
+output dtype, masks nodata, writes whole output chunks itself and records the tile with a digest
+per chunk; only a small record travels back to the driver. A tile finished by an earlier run is
+verified against its digests instead, and redone if its chunks changed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,7 +28,6 @@ from pipeline.io.values import (
     from_unit,
     invalid_mask,
     mask_output,
-    merge_groups,
     nudge_off_nodata,
     to_unit,
     upsample_mask,
@@ -36,9 +35,10 @@ from pipeline.io.values import (
 from pipeline.io.zarr_output import ZarrOutput
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TileJob:
-    """Everything a worker needs, small and picklable (no arrays, no open handles)."""
+    """What every worker needs, small and picklable (no arrays, no open handles); a family's
+    job subclasses it with its own fields."""
 
     source: SourceSpec
     output_uri: str
@@ -49,13 +49,34 @@ class TileJob:
     value_range: tuple[float, float]
     out_dtype: str
     nodata: float | None = None
-    precision: str = "fp32"
-    chunk_pixels: int = 4096
     device: str | None = None
     threads: int | None = None
+    verify_inputs: bool = False  # on resume: also check each finished tile's input windows
     fail_after: int | None = field(default=None, compare=False)  # test hook: crash after N tiles
     tile_delay: float = field(default=0.0, compare=False)  # test hook: seconds of sleep per tile
-    verify_inputs: bool = False  # on resume: also check each finished tile's input windows
+
+
+class Worker(Protocol):
+    """What executors call: ``Worker(job)`` loads the model once; ``process`` runs one tile."""
+
+    def __init__(self, job: Any) -> None: ...
+
+    def process(self, tile: Tile, trusted: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The tile's record (at least ``out_pixels``; ``verified`` when only checked)."""
+
+    def pid(self) -> int:
+        """The hosting process (tests kill it)."""
+
+    def close(self) -> None:
+        """Release the inputs."""
+
+
+def default_device() -> Any:
+    """The accelerator torch finds (CUDA, ROCm, XPU, MPS), else the CPU."""
+    import torch
+
+    acc = torch.accelerator.current_accelerator(check_available=True)
+    return acc if acc is not None else torch.device("cpu")
 
 
 def raw_digest(raw: np.ndarray) -> str:
@@ -96,13 +117,13 @@ class BaseTileWorker:
     Subclasses load their model in :meth:`load_model` and decode a window in :meth:`infer`.
     """
 
-    def __init__(self, job: Any) -> None:
+    def __init__(self, job: TileJob) -> None:
         import torch
 
         if job.threads:
             torch.set_num_threads(job.threads)
         self.job = job
-        self.device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(job.device) if job.device else default_device()
         self.model = self.load_model()
         self.source = open_source(job.source)
         self.output = ZarrOutput(job.output_uri, job.output_storage_options)
@@ -193,26 +214,3 @@ class BaseTileWorker:
         if self.job.fail_after is not None and self.done >= self.job.fail_after:
             os._exit(17)  # simulate a crash after the tile is written (tests only)
         return {**record, "redone": trusted is not None}
-
-
-class TileWorker(BaseTileWorker):
-    """The LIIF family: encode the window, decode the tile's output pixels in the global frame."""
-
-    def infer(self, tile: Tile, unit: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-        import torch
-
-        from liif.infer import decode, normalize
-
-        job, iw, ow = self.job, tile.in_window, tile.out_window
-        x = torch.from_numpy(np.ascontiguousarray(unit)).to(self.device)
-        outs = []
-        with torch.inference_mode():
-            for g in self.groups:
-                img = normalize(x[list(g)]).unsqueeze(0)
-                feat = self.model.encode(img)
-                pred = decode(self.model, feat, in_shape=job.in_shape, out_shape=job.out_shape,
-                              rows=(ow.row0, ow.row1), cols=(ow.col0, ow.col1),
-                              offset=(iw.row0, iw.col0), chunk_pixels=job.chunk_pixels,
-                              precision=job.precision)[0]
-                outs.append((pred * 0.5 + 0.5).clamp_(0, 1).cpu().numpy())
-        return merge_groups(outs, self.groups, tuple(range(self.source.shape[0]))), {}

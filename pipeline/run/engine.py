@@ -1,0 +1,226 @@
+"""The tile engine: one driver for every model family.
+
+    check every location -> take the output's lease -> family.prepare (the model loads here)
+    -> create or resume the output -> executor runs the tiles -> exports -> summary
+
+A model family (:class:`ModelFamily`) supplies only what differs: the paths it reads, its
+``prepare`` (a typed :class:`JobPlan`: shapes, halo, tiles, attributes), the picklable job for
+its worker class (a :class:`pipeline.run.worker.BaseTileWorker` that implements ``infer``), and a
+few summary fields. LIIF is :mod:`pipeline.upscale`, TTSR :mod:`pipeline.refsr`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipeline.errors import ConfigError, InputReadError, PipelineError
+from pipeline.geometry.tiling import TilePlan
+from pipeline.io.atomic import check_target, write_bytes
+from pipeline.io.exports import export_geotiff, write_preview_png
+from pipeline.io.lease import OutputLease
+from pipeline.io.locations import Location, check_disjoint, resolve
+from pipeline.io.zarr_output import ZarrOutput, check_output_target, create_zarr_output
+from pipeline.run.executors import Executor, make_executor
+from pipeline.run.options import JobOptions
+from pipeline.run.progress import Progress
+from pipeline.run.worker import TileJob
+
+__all__ = ["UNREADABLE_MARK", "ExecutorFactory", "JobPlan", "ModelFamily", "Role",
+           "model_location", "run_job"]
+
+#: output attribute set when a run stopped on an unreadable input (cleared when a run completes)
+UNREADABLE_MARK = "stopped_on_unreadable_input"
+
+Role = tuple[str, Location | None]
+ExecutorFactory = Callable[[JobOptions, TileJob, type], Executor]
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What a family's ``prepare`` computed; nothing is written yet.
+
+    ``bands`` output bands; ``in_shape`` ``(h, w)``; ``out_shape`` ``(H, W)``; ``dtype`` and
+    ``nodata`` of the output; ``value_range`` mapped to [0, 1]; ``tiles`` the tile plan with
+    ``tile`` side and ``halo``; ``attrs`` the output's attributes (JSON), including the job
+    fingerprint ``job`` and the inputs' ``input_identity``.
+    """
+
+    bands: int
+    in_shape: tuple[int, int]
+    out_shape: tuple[int, int]
+    dtype: np.dtype
+    nodata: float | None
+    value_range: tuple[float, float]
+    tiles: TilePlan
+    tile: int
+    halo: int
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelFamily(Protocol):
+    """What a model family supplies to :func:`run_job`."""
+
+    worker_cls: type
+
+    def reads(self, cfg: Any) -> list[Role]:
+        """Every input-like location of the job: ``("--input", loc)``, ``("--model", loc)``..."""
+
+    def prepare(self, cfg: Any) -> JobPlan:
+        """Validate and plan (the model loads here, after every path check); writes nothing."""
+
+    def make_job(self, cfg: Any, plan: Any, output: ZarrOutput) -> TileJob:
+        """The picklable job for ``worker_cls``."""
+
+    def describe(self, cfg: Any, plan: Any) -> dict[str, Any]:
+        """Family-specific summary fields."""
+
+
+def model_location(model_ref: str) -> Location | None:
+    """Where a ``--model`` file lives (``~`` expanded), or None for a bundled name."""
+    path = os.path.expanduser(model_ref)
+    return resolve(path) if os.path.exists(path) else None
+
+
+def _export_roles(cfg: JobOptions) -> list[tuple[str, Location | None, bool]]:
+    """``(flag, location, may replace)`` of the single-file outputs of a job."""
+    def loc(path: str | None) -> Location | None:
+        return None if path is None else resolve(path, cfg.output.storage_options)
+    return [("--cog", loc(cfg.cog), cfg.overwrite),
+            ("--preview", loc(cfg.preview), cfg.overwrite or cfg.resume),
+            ("--summary", loc(cfg.summary), cfg.overwrite or cfg.resume)]
+
+
+def run_job(cfg: JobOptions, family: ModelFamily, *,
+            executor_factory: ExecutorFactory | None = None) -> dict[str, Any]:
+    """Run one tile job of ``family``; returns the JSON-ready summary.
+
+    Every output-like path (output, --cog, --preview, --summary) is compared with every
+    input-like one (``family.reads``) and with each other, and every target is checked, before
+    the model loads or anything is written. The lease is held until the summary is written.
+    ``executor_factory(cfg, job, worker_cls)`` replaces :func:`make_executor` (tests, benchmarks).
+    """
+    exports = _export_roles(cfg)
+    check_disjoint([("--output", cfg.output.location)] + [(r, loc) for r, loc, _ in exports],
+                   family.reads(cfg))
+    for role, loc, may_replace in exports:
+        if loc is not None:
+            check_target(loc, overwrite=may_replace, role=role)
+    check_output_target(cfg.output, overwrite=cfg.overwrite, resume=cfg.resume)
+    with OutputLease(cfg.output.location) as lease:
+        plan = family.prepare(cfg)
+        summary = _run_plan(cfg, family, plan, lease, executor_factory or make_executor)
+        summary.update(family.describe(cfg, plan))
+        if lease.taken_over:
+            summary["lease_taken_over_from"] = lease.describe(lease.taken_over)
+        summary_loc = exports[2][1]
+        if summary_loc is not None:
+            write_bytes(summary_loc, (json.dumps(summary) + "\n").encode())
+    return summary
+
+
+def _identity_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    if not isinstance(old, dict):
+        return ["the output does not record its input's identity (an older version made it)"]
+    out = []
+    for role, ident in new.items():
+        was = old.get(role) or {}
+        if was.get("storage") != ident.get("storage"):
+            out.append(f"the {role}'s size or modification time changed "
+                       f"({was.get('storage')} -> {ident.get('storage')})")
+        if was.get("samples") != ident.get("samples"):
+            out.append(f"sampled pixels of the {role} differ")
+    return out
+
+
+def _trusted_records(cfg: JobOptions, out: ZarrOutput, plan: JobPlan
+                     ) -> tuple[dict[str, dict[str, Any]], bool]:
+    """The finished tiles' records of a resumed output, and whether their input windows must be
+    verified too. Refuses an input that changed since the output was started, unless the last
+    run stopped on an unreadable input (repaired since): then every kept tile's inputs are
+    checked."""
+    identity = plan.attrs["input_identity"]
+    changed = _identity_changes(out.attrs.get("input_identity"), identity)
+    stopped = out.attrs.get(UNREADABLE_MARK)
+    if changed and not stopped:
+        raise ConfigError(
+            f"cannot resume {cfg.output.uri!r}: {'; '.join(changed)}; resuming would mix "
+            "pixels of the old and the new input (pass --overwrite to start over)")
+    if changed:
+        warnings.warn(f"the input changed since the run that stopped on it ({stopped}); every "
+                      "finished tile is checked against the input it was computed from",
+                      UserWarning, stacklevel=3)
+        out.update_attrs({"input_identity": identity})
+    records = {}
+    for key in out.manifest.done_keys():
+        rec = out.manifest.record(key)
+        if rec is not None:
+            records[key] = rec
+    return records, bool(changed)
+
+
+def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: OutputLease,
+              executor_factory: ExecutorFactory) -> dict[str, Any]:
+    """Create (or resume) the output, run the pending tiles, export; the common summary."""
+    H, W = plan.out_shape
+    finite_nodata = plan.nodata is not None and math.isfinite(plan.nodata)
+    out = create_zarr_output(
+        cfg.output, shape=(plan.bands, H, W), dtype=plan.dtype, chunks=(cfg.chunk, cfg.chunk),
+        shards=(cfg.shard, cfg.shard) if cfg.shard else None,
+        fill_value=plan.nodata if finite_nodata else 0, attrs=plan.attrs,
+        overwrite=cfg.overwrite, resume=cfg.resume)
+    records, verify_inputs = _trusted_records(cfg, out, plan) if cfg.resume else ({}, False)
+    tiles = plan.tiles.tiles()
+    work = [(t, records.get(t.key)) for t in tiles]
+    job = family.make_job(cfg, plan, out)
+    if verify_inputs:
+        job = replace(job, verify_inputs=True)
+    executor = executor_factory(cfg, job, family.worker_cls)
+    progress = Progress(len(tiles), H * W, stream=sys.stderr if cfg.progress else None)
+    try:
+        done = executor.run(work, progress, lease=lease)
+    except PipelineError as e:
+        executor.close()
+        if isinstance(e, InputReadError):
+            out.update_attrs({UNREADABLE_MARK: str(e)[:300]})
+        finished = len(out.manifest.done_keys())
+        e.add_note(f"{finished} of {len(tiles)} tiles are finished and kept; fix the cause and "
+                   "rerun with --resume to continue")
+        raise
+    except BaseException:
+        executor.close()
+        raise
+    executor.close()
+    if out.attrs.get(UNREADABLE_MARK):
+        out.update_attrs({UNREADABLE_MARK: None})
+    extras: dict[str, Any] = {}
+    if cfg.cog:
+        extras["cog"] = export_geotiff(out, cfg.cog, cog=True, overwrite=cfg.overwrite,
+                                       storage_options=cfg.output.storage_options)
+    if cfg.preview:
+        write_preview_png(out, cfg.preview, overwrite=cfg.overwrite or cfg.resume,
+                          storage_options=cfg.output.storage_options)
+        extras["preview"] = cfg.preview
+    fresh = [r for r in done if not r.get("verified")]
+    verified = len(done) - len(fresh)
+    return {
+        "output": out.uri, "in_shape": list(plan.in_shape), "out_shape": [H, W],
+        "bands": plan.bands, "dtype": str(plan.dtype),
+        "tiles": len(tiles), "tiles_run": len(fresh), "tiles_skipped": verified,
+        "tiles_verified": verified, "tiles_redone": sum(1 for r in fresh if r.get("redone")),
+        "nodata_pixels": sum(int(r.get("nodata_pixels", 0)) for r in fresh),
+        "nudged_values": sum(int(r.get("nudged", 0)) for r in fresh),
+        "tile": plan.tile, "halo": plan.halo,
+        "useful_fraction": plan.tiles.stats()["useful_fraction"],
+        "output_mpx": round(H * W / 1e6, 3), "seconds": round(progress.seconds, 3),
+        "mpx_per_s": round(progress.mpx_per_s, 4), "executor": executor.name,
+        "workers": cfg.workers if cfg.executor == "ray" else 1, **extras,
+    }

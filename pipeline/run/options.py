@@ -1,0 +1,91 @@
+"""Option groups shared by every tile job (LIIF upscale, TTSR reference SR, any later family).
+
+Each group is a frozen, keyword-only dataclass validated on construction; a job's config
+inherits the groups it takes, so ``UpscaleConfig(source=..., output=..., scale=2, tile=512,
+executor="in-process")`` stays flat while the checks and defaults exist once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.errors import ConfigError
+from pipeline.io.zarr_output import OutputSpec
+
+__all__ = ["DEFAULT_MAX_OUTPUT_PIXELS", "EXECUTORS", "ExecutionOptions", "JobOptions",
+           "OutputOptions"]
+
+#: 100 Gpx; raise it with --max-output-pixels
+DEFAULT_MAX_OUTPUT_PIXELS = 100_000_000_000
+EXECUTORS = ("ray", "in-process")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecutionOptions:
+    """Where the tiles run: a Ray actor pool (``workers`` actors, ``gpus_per_worker`` GPU share
+    each, else ``threads_per_worker`` CPU threads) or ``"in-process"``."""
+
+    executor: str = "ray"
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    threads_per_worker: int | None = None
+    ray_address: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"executor {self.executor!r} is not one of 'ray', 'in-process'")
+        if self.workers < 1:
+            raise ConfigError(f"workers {self.workers!r} must be >= 1")
+        if self.threads_per_worker is not None and self.threads_per_worker < 1:
+            raise ConfigError(f"threads per worker {self.threads_per_worker!r} must be >= 1")
+        if self.gpus_per_worker < 0:
+            raise ConfigError(f"gpus per worker {self.gpus_per_worker!r} must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputOptions:
+    """The output and its layout: a Zarr group at ``output`` with ``chunk`` (and ``shard``)
+    sides, tiles of ``tile`` pixels, optional exports and summary, and what to do with an
+    existing output (``overwrite`` or ``resume``)."""
+
+    output: OutputSpec
+    tile: int | None = None  # output tile side; a multiple of `chunk` (or of `shard`)
+    chunk: int = 256
+    shard: int | None = None
+    overwrite: bool = False
+    resume: bool = False
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
+    cog: str | None = None  # also export a Cloud-Optimised GeoTIFF here
+    preview: str | None = None  # also write a downsampled PNG preview here
+    summary: str | None = None  # also write the JSON summary here
+
+    def __post_init__(self) -> None:
+        if self.chunk < 16:
+            raise ConfigError(f"chunk {self.chunk!r} must be >= 16 pixels")
+        if self.overwrite and self.resume:
+            raise ConfigError("--overwrite and --resume exclude each other")
+
+    @property
+    def grid(self) -> int:
+        """The side every write aligns to (the shard, else the chunk); checks ``shard`` and an
+        explicit ``tile`` against it."""
+        grid = self.shard or self.chunk
+        if self.shard is not None and self.shard % self.chunk:
+            raise ConfigError(f"shard {self.shard} must be a multiple of chunk {self.chunk}")
+        if self.tile is not None and (self.tile <= 0 or self.tile % grid):
+            raise ConfigError(f"tile {self.tile} must be a positive multiple of "
+                              f"{'shard' if self.shard else 'chunk'} {grid}")
+        return grid
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobOptions(ExecutionOptions, OutputOptions):
+    """Both groups, plus test hooks passed to the workers (``fail_after``, ``tile_delay``)."""
+
+    test_hooks: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ExecutionOptions.__post_init__(self)
+        OutputOptions.__post_init__(self)
