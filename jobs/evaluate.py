@@ -81,7 +81,7 @@ def raster_windows(uri: str, *, bands: list[int] | None, window: int, stride: in
     import torch
 
     from liif.evaluation import grid_windows
-    from pipeline.sources import SourceSpec, open_source
+    from pipeline.io.sources import SourceSpec, open_source
 
     with open_source(SourceSpec(uri, bands=tuple(bands) if bands else None)) as src:
         c, H, W = src.shape
@@ -173,6 +173,20 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(e))
     sets = a.sets if a.sets is not None else ([] if rasters else DEFAULT_SETS)
     data = Path(a.data)
+    from pipeline.errors import PipelineError
+    from pipeline.io.atomic import check_target, write_bytes
+    from pipeline.io.locations import check_paths, model_files, resolve
+
+    try:  # the reports are checked now, not after hours of evaluation
+        check_paths({"--out": a.out, "--json": a.json},
+                    {"--data": [str(data / s) for s in sets],
+                     "--raster": [f for fs in rasters.values() for f in fs],
+                     "--model": model_files(*models.values())})
+        for flag, target in (("--out", a.out), ("--json", a.json)):
+            if target:
+                check_target(resolve(target), overwrite=True, role=flag)
+    except PipelineError as e:
+        p.error(str(e))
     missing = [s for s in sets if not (data / s / "HR").is_dir()]
     if missing:
         sys.stderr.write(f"error: no HR folder for {missing} under {str(data)!r}\n")
@@ -194,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     for s in sets:
         results[s] = evaluate_folder(data / s / "HR", a.scales, methods, limit=a.limit, progress=log)
-    from pipeline.errors import PipelineError
 
     for name, files in rasters.items():
         def windows(files: list[str] = files) -> Iterator[Any]:
@@ -228,11 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"({time.time() - t0:.0f} s, models {models}, precision {a.precision}"
           + (f", raster windows {counts}" if counts else "") + ")", file=sys.stderr)
     if a.out:
-        Path(a.out).write_text(table + "\n")
+        write_bytes(resolve(a.out), (table + "\n").encode())
     if a.json:
-        Path(a.json).write_text(json.dumps({"model": a.model[0] if len(a.model) == 1 else models,
-                                            "models": models, "precision": a.precision,
-                                            "windows": counts, "results": results}, indent=1))
+        write_bytes(resolve(a.json), json.dumps(
+            {"model": a.model[0] if len(a.model) == 1 else models, "models": models,
+             "precision": a.precision, "windows": counts, "results": results}, indent=1).encode())
     return 0
 
 

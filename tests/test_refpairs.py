@@ -13,7 +13,7 @@ import pytest
 from jobs import make_gt as make_gt_job
 from pipeline.errors import ConfigError
 from pipeline.gt import GTConfig, decode_array, make_gt, shard_paths
-from pipeline.refpairs import (
+from pipeline.gt.refpairs import (
     ViewParams,
     raster_window,
     relight,

@@ -19,15 +19,20 @@ Geometry convention: pixel ``(r, c)`` covers ``[r, r + 1) x [c, c + 1)``; its ce
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.geometry.affine import apply, invert
+from pipeline.geometry.affine import apply, invert, window_transform
+from pipeline.gt.config import GTConfig
+from pipeline.gt.sampling import Candidate
+from pipeline.io.sources import SourceSpec, open_source
+from pipeline.io.values import from_unit, nodata_mask, to_unit
 
 __all__ = ["ViewParams", "raster_window", "relight", "rotated_square", "sample_view",
            "squares_disjoint", "synth_view", "write_overlap_pair"]
@@ -234,3 +239,107 @@ def write_overlap_pair(source: str, out_a: str, out_b: str, *, split: float = 0.
             with rasterio.open(out, "w", **profile) as dst:
                 dst.write(data)
     return out_a, out_b
+
+
+#: makes the reference of one GT crop window ``(r0, r1, c0, c1)`` (None: no valid reference)
+Reference = Callable[[np.random.Generator, tuple[int, int, int, int]], dict[str, Any] | None]
+REF_COLUMNS = ("ref", "ref_shape", "ref_dtype", "ref_kind", "ref_uri", "ref_window", "ref_params")
+_VIEW = ViewParams()
+
+
+def patch_and_reference(src: Any, ref_src: Any, c: Candidate, meta: dict[str, Any],
+                         cfg: GTConfig) -> tuple[np.ndarray, Reference | None]:
+    """The ``(C, P, P)`` patch of candidate ``c`` and, when the config asks for references, the
+    function that makes one for a GT crop of it."""
+    p = cfg.patch
+    if ref_src is not None:
+        block = src.read((c.row0, c.row0 + p), (c.col0, c.col0 + p))
+        return block, lambda rng, window: _raster_reference(ref_src, rng, window, meta, cfg)
+    if cfg.reference != "view":
+        return src.read((c.row0, c.row0 + p), (c.col0, c.col0 + p)), None
+    # the view may lie anywhere within its footprint diameter (+ bicubic support) of the patch
+    margin = int(math.ceil(2 * _VIEW.footprint_radius(cfg.ref_size))) + 4
+    _, h, w = src.shape
+    y0, x0 = max(0, c.row0 - margin), max(0, c.col0 - margin)
+    y1, x1 = min(h, c.row0 + p + margin), min(w, c.col0 + p + margin)
+    context = src.read((y0, y1), (x0, x1))
+    block = np.ascontiguousarray(context[:, c.row0 - y0:c.row0 - y0 + p,
+                                         c.col0 - x0:c.col0 - x0 + p])
+
+    def view(rng: np.random.Generator, window: tuple[int, int, int, int]) -> dict[str, Any] | None:
+        unit = to_unit(context, meta["value_range"])
+        invalid = nodata_mask(context, meta["nodata"])
+        if context.dtype.kind == "f":
+            invalid = invalid | ~np.isfinite(context).all(axis=0)
+            unit = np.nan_to_num(unit)
+        local = (window[0] - y0, window[1] - y0, window[2] - x0, window[3] - x0)
+        found = synth_view(unit, local, cfg.ref_size, _VIEW, rng,
+                           invalid=invalid if invalid.any() else None)
+        if found is None:
+            return None
+        ref_unit, info = found
+        info["center"] = [info["center"][0] + y0, info["center"][1] + x0]  # source pixels
+        ref = np.ascontiguousarray(from_unit(ref_unit, context.dtype, meta["value_range"]))
+        return {"ref": ref.tobytes(), "ref_shape": list(ref.shape), "ref_dtype": str(ref.dtype),
+                "ref_kind": "view", "ref_uri": meta["uri"], "ref_window": None,
+                "ref_params": json.dumps(info, sort_keys=True)}
+
+    return block, view
+
+
+def _raster_reference(ref_src: Any, rng: np.random.Generator, window: tuple[int, int, int, int],
+                      meta: dict[str, Any], cfg: GTConfig) -> dict[str, Any] | None:
+    """The reference raster's window centred on the GT crop ``window`` (None: outside/nodata)."""
+    if meta["transform"] is None:
+        raise ConfigError(f"{meta['uri']!r} has no transform; reference_input needs "
+                          "georeferenced inputs")
+    shift = (0, 0)
+    if cfg.ref_shift:
+        shift = tuple(int(v) for v in rng.integers(-cfg.ref_shift, cfg.ref_shift + 1, size=2))
+    crop_transform = window_transform(meta["transform"], window[0], window[2])
+    rw = raster_window(crop_transform, window[1] - window[0], ref_src.transform,
+                       ref_src.shape[1:], cfg.ref_size, shift)
+    if rw is None:
+        return None
+    ref = np.ascontiguousarray(ref_src.read((rw[0], rw[1]), (rw[2], rw[3])))
+    if nodata_mask(ref, ref_src.nodata).any() or (ref.dtype.kind == "f"
+                                                   and not np.isfinite(ref).all()):
+        return None
+    return {"ref": ref.tobytes(), "ref_shape": list(ref.shape), "ref_dtype": str(ref.dtype),
+            "ref_kind": "raster", "ref_uri": ref_src.uri, "ref_window": list(rw),
+            "ref_params": json.dumps({"shift": list(shift)})}
+
+
+def check_reference_input(cfg: GTConfig, specs: list[SourceSpec]) -> None:
+    """The reference raster must share the inputs' CRS and dtype and be georeferenced."""
+    assert cfg.reference_input is not None
+    ref_spec = SourceSpec(cfg.reference_input, storage_options=cfg.storage_options,
+                          bands=cfg.reference_bands)
+    with open_source(ref_spec) as ref:
+        if ref.crs is None or ref.transform is None:
+            raise ConfigError(f"reference_input {ref.uri!r} has no CRS/transform; it is aligned "
+                              "to the inputs by georeference")
+        for spec in specs:
+            with open_source(spec) as src:
+                if src.crs is None or src.transform is None:
+                    raise ConfigError(f"input {src.uri!r} has no CRS/transform; reference_input "
+                                      "needs georeferenced inputs")
+                if _crs_key(src.crs) != _crs_key(ref.crs):
+                    raise ConfigError(f"input {src.uri!r} and reference {ref.uri!r} have "
+                                      "different CRS; reproject one of them first")
+                if src.dtype != ref.dtype or src.shape[0] != ref.shape[0]:
+                    raise ConfigError(
+                        f"reference {ref.uri!r} is {ref.shape[0]} x {ref.dtype}, input "
+                        f"{src.uri!r} {src.shape[0]} x {src.dtype}: they must match (select bands "
+                        "with --bands / --reference-bands)")
+
+
+def _crs_key(wkt: str) -> str:
+    try:
+        from rasterio.crs import CRS
+
+        return CRS.from_user_input(wkt).to_string()
+    except Exception:  # noqa: BLE001 - fall back to the text itself
+        return wkt
+
+
