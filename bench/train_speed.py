@@ -42,7 +42,7 @@ def synthetic_images(folder: Path, n: int = 4, size: int = 256) -> str:
 def bench_ray(a: argparse.Namespace, folder: str, tmp: str) -> None:
     import ray
 
-    from pipeline.ray_train import RayTrainOptions, run_training
+    from pipeline.training.ray_train import RayTrainOptions, run_training
 
     for k, v in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
                  "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}.items():

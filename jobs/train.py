@@ -1,16 +1,22 @@
-"""``liif train-ray``: distributed LIIF training with Ray Train (DDP), resumable by run name.
+"""``liif train``: LIIF training on the one training loop (:mod:`liif.loop`), resumable by run
+name, with Ray Train (DDP, ``--backend ray``, the default) or in this process (``--backend local``).
 
 Examples::
 
     python -m jobs.train --config jobs/configs/edsr-baseline-liif.yaml --gt out/gt --workers 2 \\
-        --storage-path runs/ray --run-name edsr-liif --steps 20000
+        --storage-path runs --run-name edsr-liif --steps 20000
+    python -m jobs.train --backend local --config jobs/configs/edsr-baseline-liif.yaml \\
+        --data ../shared/data/train --run-name laptop --steps 2000
     python -m jobs.train --config jobs/configs/edsr-baseline-liif.yaml \\
         --data ../shared/data/train --workers 4 --gpu --set amp=bf16 \\
         --storage-path s3://bucket/runs --run-name big
     python -m jobs.train --smoke-test
 
-A rerun with the same --storage-path and --run-name resumes from the latest checkpoint; the final
-weights land in <storage>/<run>/final.safetensors (usable by liif.load_model and upscale --model).
+Both backends use the folder <storage>/<run>/ (``--storage-path``, ``--run-name``) and the same
+checkpoint files (model.safetensors, trainer.pt, metrics.csv; with Ray inside checkpoint_N/
+folders). A rerun with the same --storage-path and --run-name resumes from the latest checkpoint;
+the final weights land in <storage>/<run>/final.safetensors (usable by liif.load_model and
+upscale --model). Every log interval prints step, loss, learning rate, samples/s and ETA.
 """
 
 from __future__ import annotations
@@ -20,26 +26,31 @@ import dataclasses
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
+from liif.checkpoint import CheckpointError
 from liif.train import TrainConfig, check_init
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.io.locations import check_paths, model_files
-from pipeline.ray_train import RayTrainOptions, run_training, summary_json
+from pipeline.training.ray_train import RayTrainOptions, run_training, summary_json
 
 SMOKE_CONFIG = Path(__file__).resolve().parent / "configs" / "smoke.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="liif train-ray", description=__doc__,
+    p = argparse.ArgumentParser(prog="liif train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", choices=("ray", "local"), default="ray",
+                   help="ray: Ray Train workers (DDP); local: this process (default ray)")
     p.add_argument("--config", help="YAML file with TrainConfig keys")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--gt", help="ground-truth output of make-gt (Parquet shards + manifest)")
     src.add_argument("--data", nargs="+", help="image folders for the on-the-fly sampler")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks)")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks; ray)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--storage-path", default="runs/ray", help="local directory or s3://bucket/prefix")
+    p.add_argument("--storage-path", default="runs",
+                   help="folder holding <run-name>/ (ray: also s3://bucket/prefix); default runs")
     p.add_argument("--run-name", default=None, help="run name (default: the config's file name)")
     p.add_argument("--steps", type=int, default=None, help="total steps (overrides the config)")
     p.add_argument("--init", default=None, metavar="MODEL",
@@ -59,7 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _smoke_gt(root: Path) -> str:
+def _train_local(cfg: TrainConfig, a: argparse.Namespace, run_dir: str,
+                 gt: str | None) -> dict[str, Any]:
+    """The local backend: :func:`liif.train.train` in ``run_dir`` on GT shards or folders."""
+    from liif.train import train
+    from pipeline.training.data import GTShardSampler, benchmark_validation
+
+    if a.data:
+        cfg = dataclasses.replace(cfg, data=tuple(a.data))
+    cfg = dataclasses.replace(cfg, out_dir=run_dir)
+    sampler = GTShardSampler(gt, sample_q=cfg.sample_q) if gt else None
+    if sampler is None and not cfg.data:
+        raise ConfigError("no training data: give --gt, --data or data in the config")
+    validate = benchmark_validation(a.val_data, a.val_set, a.val_images)
+    return {"run": a.run_name, "backend": "local",
+            **train(cfg, sampler=sampler, validate=validate,
+                    log=lambda m: print(m, file=sys.stderr, flush=True))}
+
+
+def _smoke_gt(root: Path, workers: int = 2) -> str:
     """Synthetic images -> GT shards (via pipeline.gt, as Ray tasks)."""
     import numpy as np
     from PIL import Image
@@ -76,7 +105,7 @@ def _smoke_gt(root: Path) -> str:
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"s{i}.png")
     out = str(root / "gt")
     make_gt(GTConfig(inputs=(str(folder),), output=out, patch=32, stride=32,
-                     scale_range=(1.0, 2.0), lr_size=16, patches_per_shard=8), workers=2,
+                     scale_range=(1.0, 2.0), lr_size=16, patches_per_shard=8), workers=workers,
             cpus_per_task=0.5)
     return out
 
@@ -104,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = dataclasses.replace(cfg, init=a.init)
         if cfg.init is not None:
             check_init(cfg)
+        a.run_name = a.run_name or cfg_path.stem
         options = RayTrainOptions(
             workers=a.workers, use_gpu=a.gpu, cpus_per_worker=a.cpus_per_worker,
-            storage_path=a.storage_path, run_name=a.run_name or cfg_path.stem,
+            storage_path=a.storage_path, run_name=a.run_name,
             s3_endpoint=a.s3_endpoint, max_failures=a.max_failures, num_to_keep=a.keep,
             val_root=a.val_data, val_set=a.val_set, val_images=a.val_images)
         run_dir = options.storage_path.rstrip("/") + "/" + options.run_name
@@ -115,22 +145,27 @@ def main(argv: list[str] | None = None) -> int:
                      "--val-data": a.val_data, "--init": model_files(cfg.init)})
     except (TypeError, ValueError, FileNotFoundError) as e:
         p.error(str(e))
-    import ray
+    if a.backend == "local" and "://" in a.storage_path:
+        p.error(f"--backend local writes a local folder; --storage-path {a.storage_path!r} is a URL")
+    if a.backend == "ray":
+        from pipeline.run.ray_executor import ensure_ray
 
-    if not ray.is_initialized():
-        ray.init(log_to_driver=False)
+        ensure_ray()
     try:
         gt = a.gt
         if a.smoke_test and not (gt or a.data):
-            gt = _smoke_gt(Path(tmp.name))
-        summary = run_training(cfg, options, gt=gt, data=a.data,
-                               log=lambda m: print(m, file=sys.stderr, flush=True))
+            gt = _smoke_gt(Path(tmp.name), workers=2 if a.backend == "ray" else 0)
+        if a.backend == "local":
+            summary = _train_local(cfg, a, run_dir, gt)
+        else:
+            summary = run_training(cfg, options, gt=gt, data=a.data,
+                                   log=lambda m: print(m, file=sys.stderr, flush=True))
         if a.smoke_test:
             import liif
 
             model = liif.load_model(summary["final"]) if "://" not in summary["final"] else None
             summary["final_loadable"] = model is not None
-    except PipelineError as e:
+    except (PipelineError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

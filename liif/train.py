@@ -6,9 +6,7 @@ L1 loss on normalised RGB, Adam 1e-4 halved at 20/40/60/80 % of training, batch 
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +18,16 @@ from torch import nn
 
 from liif.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from liif.data import ImageFolderSampler, SamplerConfig
+from liif.loop import (
+    FINAL_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    Training,
+    load_run,
+    run_loop,
+    save_run,
+    write_metrics,
+)
 
 
 @dataclass(frozen=True)
@@ -172,88 +180,81 @@ def train_step(model: nn.Module, batch: dict[str, torch.Tensor], optimizer: torc
     return float(loss.detach())
 
 
-def _state_paths(out_dir: Path) -> tuple[Path, Path]:
-    return out_dir / "last.safetensors", out_dir / "last-trainer.pt"
+def make_training(cfg: TrainConfig, *, prepare: Callable[[nn.Module], nn.Module] | None = None,
+                  scaler: Any = None) -> Training:
+    """The model (from ``cfg.init`` when given), its Adam optimiser and the paper's schedule.
+
+    ``prepare`` wraps the model before the optimiser is made (Ray Train: device + DDP); the
+    unwrapped model stays ``Training.module``.
+    """
+    module = make_model(cfg)
+    if cfg.init:
+        module.load_state_dict(load_checkpoint(cfg.init).state_dict())
+    model = prepare(module) if prepare is not None else module
+    module = getattr(model, "module", model)
+    opt, sched = make_optimizer(model, cfg)
+    return Training(model=model, module=module, optimizers={"main": opt},
+                    schedulers={"main": sched}, scaler=scaler)
 
 
-def save_training_state(out_dir: Path, model: nn.Module, opt, sched, step: int,
-                        cfg: TrainConfig, rng: np.random.Generator, extra: dict | None = None) -> Path:
-    """Weights (our format) + optimizer/scheduler/rng state for an exact resume."""
-    wpath, spath = _state_paths(out_dir)
-    training = {"step": step, "config": asdict(cfg), **(extra or {})}
-    save_checkpoint(model, wpath, training=training)
-    state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state()}
-    tmp = spath.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(spath)
-    return wpath
-
-
-def load_training_state(out_dir: Path, model: nn.Module, opt, sched,
-                        rng: np.random.Generator) -> int:
-    """Restore the latest state saved by :func:`save_training_state`; returns its step (0 if none)."""
-    wpath, spath = _state_paths(out_dir)
-    if not (wpath.exists() and spath.exists()):
-        return 0
-    model.load_state_dict(load_checkpoint(wpath).state_dict())
-    state = torch.load(spath, map_location="cpu", weights_only=True)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    rng.bit_generator.state = json.loads(state["rng"])
-    torch.set_rng_state(state["torch_rng"])
-    return int(state["step"])
+def liif_step(cfg: TrainConfig, t: Training) -> Callable[[nn.Module, Any], float]:
+    """The LIIF step for :func:`liif.loop.run_loop`: :func:`train_step` with ``t``'s optimiser
+    and scaler and ``cfg``'s AMP and gradient clipping."""
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[cfg.amp]
+    opt = t.optimizers["main"]
+    return lambda model, batch: train_step(model, batch, opt, grad_clip=cfg.grad_clip,
+                                           amp_dtype=amp, scaler=t.scaler)
 
 
 def train(cfg: TrainConfig, *, sampler: ImageFolderSampler | None = None,
           validate: Callable[[nn.Module], dict[str, float]] | None = None,
           log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train (or resume) in ``cfg.out_dir``; returns a summary with the final checkpoint path."""
+    """Train (or resume) in ``cfg.out_dir`` (the :mod:`liif.loop` run-folder layout); returns a
+    summary with the latest (``checkpoint``) and final weights."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = make_model(cfg)
-    if cfg.init:
-        model.load_state_dict(load_checkpoint(cfg.init).state_dict())
-    opt, sched = make_optimizer(model, cfg)
-    step = load_training_state(out_dir, model, opt, sched, rng)
-    if step:
-        log(f"resumed from {out_dir} at step {step}")
+    t = make_training(cfg)
+    if load_run(out_dir, t, rng=rng):
+        log(f"resumed from {out_dir} at step {t.step}")
     sampler = sampler or ImageFolderSampler(cfg.data, cfg.sampler_config())
-    metrics_path = out_dir / "metrics.csv"
-    if not metrics_path.exists():
-        metrics_path.write_text("step,loss,lr,seconds,samples_per_s\n")
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[cfg.amp]
-    t0, losses, t_last = time.time(), [], time.time()
-    while step < cfg.steps:
-        batch = sampler.batch(cfg.batch_size, rng)
-        losses.append(train_step(model, batch, opt, grad_clip=cfg.grad_clip, amp_dtype=amp))
-        sched.step()
-        step += 1
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            dt = time.time() - t_last
-            t_last = time.time()
-            n = len(losses)
-            loss = sum(losses) / max(1, n)
-            lr = opt.param_groups[0]["lr"]
-            with open(metrics_path, "a") as f:
-                f.write(f"{step},{loss:.6f},{lr:.3g},{time.time() - t0:.1f},"
-                        f"{n * cfg.batch_size / max(dt, 1e-9):.2f}\n")
-            log(f"step {step}/{cfg.steps} loss {loss:.4f} lr {lr:.2e} "
-                f"{n * cfg.batch_size / max(dt, 1e-9):.1f} samples/s")
-            losses = []
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            extra = {}
-            if validate is not None:
-                extra["val"] = validate(model)
-                log(f"step {step} validation {extra['val']}")
-            save_training_state(out_dir, model, opt, sched, step, cfg, rng, extra)
-    wpath, _ = _state_paths(out_dir)
-    return {"checkpoint": str(wpath), "steps": step, "seconds": round(time.time() - t0, 1),
+    step_fn = liif_step(cfg, t)
+
+    def batches() -> Any:
+        while True:
+            yield sampler.batch(cfg.batch_size, rng)
+
+    def on_log(row: dict[str, Any]) -> None:
+        write_metrics(t.history, out_dir / METRICS_FILE)
+        log(progress_line(None, cfg.steps, row))
+
+    def on_save(row: dict[str, Any]) -> None:
+        save_run(out_dir, t, training={"config": asdict(cfg), "metrics": row}, rng=rng)
+
+    run = run_loop(t, step_fn, batches(), steps=cfg.steps, log_every=cfg.log_every,
+                   save_every=cfg.save_every, samples_per_step=cfg.batch_size, on_log=on_log,
+                   on_save=on_save, validate=validate)
+    final = save_checkpoint(t.module, out_dir / FINAL_FILE,
+                            training={"step": t.step, "config": asdict(cfg)})
+    losses = run["losses"]
+    return {"checkpoint": str(out_dir / MODEL_FILE), "final": str(final), "steps": t.step,
+            "seconds": round(t.seconds, 1),
             "loss_last": (sum(losses) / len(losses)) if losses else None}
+
+
+def progress_line(run: str | None, steps: int, metrics: dict[str, Any]) -> str:
+    """One human-readable line per log interval: step, loss, lr, samples/s, seconds, ETA and
+    any validation columns."""
+    done = metrics["step"]
+    rate = metrics["seconds"] / max(1, done)
+    extra = " ".join(f"{k} {v}" for k, v in metrics.items()
+                     if k not in ("step", "loss", "lr", "samples_per_s", "seconds"))
+    return (f"train {run + ' ' if run else ''}step {done}/{steps} loss {metrics['loss']:.4f} "
+            f"lr {metrics['lr']:.2e} {metrics['samples_per_s']:.1f} samples/s "
+            f"{metrics['seconds']:.0f} s ETA {rate * (steps - done):.0f} s {extra}").rstrip()
 
 
 def psnr_model_on(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, float]]) -> float:

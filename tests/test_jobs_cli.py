@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from jobs import cli, train_local
+from jobs import cli, train
 from jobs import evaluate as evaluate_job
 from liif import LIIF, save_checkpoint
 
@@ -92,14 +92,18 @@ def test_train_local_job_runs_and_resumes(tmp_path: Path, capsys) -> None:
         "model_args: {encoder_spec: {name: edsr-baseline, args: {no_upsampling: true, "
         "n_resblocks: 1, n_feats: 8}}, imnet_spec: {name: mlp, args: {out_dim: 3, "
         "hidden_list: [16]}}}\n")
-    assert train_local.main(["--config", str(cfg)]) == 0
+    where = ["--backend", "local", "--config", str(cfg), "--storage-path", str(tmp_path),
+             "--run-name", "run"]
+    assert train.main(where) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 2 and Path(summary["checkpoint"]).is_file()
-    assert train_local.main(["--config", str(cfg), "--set", "steps=3"]) == 0
-    out = capsys.readouterr().out
-    assert "resumed from" in out and '"steps": 3' in out
+    assert Path(summary["final"]) == tmp_path / "run" / "final.safetensors"
+    assert train.main([*where, "--set", "steps=3"]) == 0
+    captured = capsys.readouterr()
+    assert "resumed from" in captured.err and '"steps": 3' in captured.out
+    assert "train step 3/3" in captured.err and "ETA" in captured.err
     with pytest.raises(SystemExit):
-        train_local.main(["--config", str(cfg), "--set", "bogus_key=1"])
+        train.main([*where, "--set", "bogus_key=1"])
 
 
 def test_demo_input_is_the_bundled_sample(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""pipeline.ray_train: Ray Train (V2) DDP training on GT shards / image folders, resume, S3."""
+"""pipeline.training.ray_train: Ray Train (V2) DDP training on GT shards / image folders, resume, S3."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import yaml
 from liif.checkpoint import read_metadata
 from liif.train import TrainConfig
 from pipeline.errors import ConfigError
-from pipeline.ray_train import RayTrainOptions, read_final_metrics, run_training
+from pipeline.training.ray_train import RayTrainOptions, read_final_metrics, run_training
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -130,11 +130,11 @@ def test_storage_on_s3_with_folder_sampler_and_validation(ray_local, moto_s3, ea
     assert os.environ["AWS_ACCESS_KEY_ID"] == "testing"
 
 
-def test_progress_line_names_step_loss_rate_and_validation():
-    from pipeline.ray_train import _progress_line
+def test_progress_line_names_step_loss_rate_eta_and_validation():
+    from liif.train import progress_line
 
-    line = _progress_line("run1", 500, {"step": 50, "loss": 0.04567, "lr": 1e-4,
-                                        "samples_per_s": 7.25, "seconds": 61.4,
-                                        "psnr_set5_x2": 33.1})
+    line = progress_line("run1", 500, {"step": 50, "loss": 0.04567, "lr": 1e-4,
+                                       "samples_per_s": 7.25, "seconds": 61.4,
+                                       "psnr_set5_x2": 33.1})
     assert line == ("train run1 step 50/500 loss 0.0457 lr 1.00e-04 7.2 samples/s 61 s "
-                    "psnr_set5_x2 33.1")
+                    "ETA 553 s psnr_set5_x2 33.1")

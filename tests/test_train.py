@@ -165,9 +165,10 @@ def test_train_writes_checkpoint_and_metrics_then_resumes(tmp_path: Path) -> Non
     cfg3 = _config(out, 3)
     summary = train(cfg3, sampler=_sampler(cfg3), log=logs.append)
     assert summary["steps"] == 3
-    assert Path(summary["checkpoint"]) == out / "last.safetensors"
-    assert (out / "last.safetensors").is_file() and (out / "last-trainer.pt").is_file()
-    meta = read_metadata(out / "last.safetensors")
+    assert Path(summary["checkpoint"]) == out / "model.safetensors"
+    assert (out / "model.safetensors").is_file() and (out / "trainer.pt").is_file()
+    assert Path(summary["final"]) == out / "final.safetensors"
+    meta = read_metadata(out / "model.safetensors")
     assert meta["training"]["step"] == 3
     assert meta["training"]["config"]["steps"] == 3
     assert meta["spec"]["args"]["encoder_spec"] == SMALL_ENCODER
@@ -180,14 +181,14 @@ def test_train_writes_checkpoint_and_metrics_then_resumes(tmp_path: Path) -> Non
     assert summary["steps"] == 5
     assert any(f"resumed from {out} at step 3" in m for m in logs), logs
     assert _metrics_steps(out) == [1, 2, 3, 4, 5]  # continued, not restarted
-    assert read_metadata(out / "last.safetensors")["training"]["step"] == 5
+    assert read_metadata(out / "model.safetensors")["training"]["step"] == 5
 
     # resuming is exact: the same as one uninterrupted 5-step run
     straight = tmp_path / "straight"
     cfg = _config(straight, 5)
     train(cfg, sampler=_sampler(cfg), log=lambda m: None)
-    a = _load_state(out / "last.safetensors")
-    b = _load_state(straight / "last.safetensors")
+    a = _load_state(out / "model.safetensors")
+    b = _load_state(straight / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=k)
 

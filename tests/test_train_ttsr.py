@@ -14,7 +14,8 @@ import torch
 
 import liif
 from jobs import cli, eval_refsr, train_ttsr
-from jobs.train_ttsr import RefSample
+from pipeline.refsr.evaluate import irrelevant_references
+from pipeline.training.ttsr import RefSample, load_ref_samples
 from liif import LIIF, save_checkpoint
 from liif.ttsr import TTSR
 
@@ -77,13 +78,13 @@ def gt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_load_ref_samples(gt: Path) -> None:
-    samples = train_ttsr.load_ref_samples([str(gt)])
+    samples = load_ref_samples([str(gt)])
     assert len(samples) == 6
     s = samples[0]
     assert s.lr.shape == (3, 8, 8) and s.hr.shape == (3, 32, 32) and s.ref.shape == (3, 24, 24)
     assert s.value_range == (0.0, 255.0) and s.ref_kind == "raster" and s.window == (0, 32, 0, 32)
     assert samples[-1].lr.shape == (1, 8, 8)
-    assert len(train_ttsr.load_ref_samples([str(gt)], limit=2)) == 2
+    assert len(load_ref_samples([str(gt)], limit=2)) == 2
 
 
 def test_train_4_steps(gt: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -93,17 +94,17 @@ def test_train_4_steps(gt: Path, tmp_path: Path, capsys: pytest.CaptureFixture) 
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["steps"] == 4 and summary["resumed_from"] == 0 and summary["samples"] == 6
     assert math.isfinite(summary["last_loss"]) and summary["last_loss"] > 0
-    assert sum(line.startswith("step ") for line in stdout.splitlines()) == 4
-    for name in ("last.safetensors", "final.safetensors", "state.pt", "metrics.csv"):
+    assert sum(line.startswith("train step ") for line in stdout.splitlines()) == 4
+    for name in ("model.safetensors", "final.safetensors", "trainer.pt", "metrics.csv"):
         assert (out / name).is_file(), name
     lines = (out / "metrics.csv").read_text().splitlines()
-    assert lines[0] == "step,loss,samples_per_s,seconds" and len(lines) == 5
+    assert lines[0] == "step,loss,lr,samples_per_s,seconds" and len(lines) == 5
     assert all(math.isfinite(float(v)) for line in lines[1:] for v in line.split(","))
     model = liif.load_model(out / "final.safetensors")
     assert isinstance(model, TTSR) and model.num_res_blocks == (1, 1, 1, 1) and model.n_feats == 8
     meta = liif.checkpoint.read_metadata(out / "final.safetensors")
     assert meta["training"]["step"] == 4 and meta["training"]["config"]["batch_size"] == 2
-    state = torch.load(out / "state.pt", weights_only=True)
+    state = torch.load(out / "trainer.pt", weights_only=True)
     assert state["step"] == 4 and "generator" in state["optimizers"]
 
 
@@ -164,14 +165,14 @@ def _fake(i: int, source: str, window: tuple[int, int, int, int] | None) -> RefS
 
 def test_irrelevant_reference_choice() -> None:
     samples = [_fake(0, "a", None), _fake(1, "a", None), _fake(2, "b", None), _fake(3, "a", None)]
-    picks = eval_refsr.irrelevant_references(samples, 4)
+    picks = irrelevant_references(samples, 4)
     assert picks == [(2, "other source"), (2, "other source"), (3, "other source"),
                      (2, "other source")]
     one = [_fake(0, "a", (0, 8, 0, 8)), _fake(1, "a", (4, 12, 4, 12)), _fake(2, "a", (8, 16, 0, 8))]
-    assert eval_refsr.irrelevant_references(one, 3) == [
+    assert irrelevant_references(one, 3) == [
         (2, "same source, disjoint window"), (2, "same source, overlapping window"),
         (0, "same source, disjoint window")]
-    assert eval_refsr.irrelevant_references(one[:1], 1) == [(None, "none")]
+    assert irrelevant_references(one[:1], 1) == [(None, "none")]
 
 
 def test_eval_refsr(gt: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -1,6 +1,7 @@
 """Distributed LIIF training with Ray Train (V2 API): DDP over ``TorchTrainer`` workers.
 
-The step is :func:`liif.train.train_step`, unchanged; this module only adds the distribution:
+The loop is :func:`liif.loop.run_loop` and the step :func:`liif.train.liif_step`, the same as the
+local backend's; this module only adds the distribution:
 
 * data: GT Parquet shards (``pipeline.gt``) as a Ray Dataset, each worker reading its
   ``get_dataset_shard("train")`` and turning rows into batches with
@@ -20,8 +21,6 @@ The step is :func:`liif.train.train_step`, unchanged; this module only adds the 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -37,16 +36,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from liif.checkpoint import load_checkpoint, save_checkpoint
-from liif.train import TrainConfig, make_model, make_optimizer, train_step
+from liif.loop import (
+    FINAL_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    load_run,
+    read_metrics,
+    run_loop,
+    save_run,
+)
+from liif.train import TrainConfig, liif_step, make_training, progress_line
 from pipeline.errors import ConfigError
+from pipeline.training.data import GT_COLUMNS, benchmark_validation
 
 __all__ = ["GT_COLUMNS", "RayTrainOptions", "read_final_metrics", "run_training",
            "storage_filesystem", "summary_json", "train_loop_per_worker"]
 
-GT_COLUMNS = ["hr", "hr_shape", "hr_dtype", "lr", "lr_shape", "lr_dtype", "value_lo", "value_hi"]
-MODEL_FILE, STATE_FILE, METRICS_FILE = "model.safetensors", "trainer.pt", "metrics.csv"
-FINAL_FILE = "final.safetensors"
 
 
 @dataclass(frozen=True)
@@ -165,55 +170,14 @@ def _upload(fs: Any, path: str, payload: bytes) -> None:
 # ------------------------------------------------------------------------------ metrics
 
 
-def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _read_csv(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(f)]
-
-
-def _number(v: str) -> Any:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return v
-    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
-
-
 # --------------------------------------------------------------------------- validation
 
 
 def _validation(val: dict[str, Any] | None) -> Callable[[nn.Module], dict[str, float]] | None:
-    """Mean benchmark Y-PSNR on a few images of ``<root>/benchmark/<set>/HR`` (None if absent)."""
-    if not val or not val.get("root"):
+    """:func:`pipeline.training.data.benchmark_validation` from the worker config's ``val``."""
+    if not val:
         return None
-    hr_dir = Path(val["root"]) / "benchmark" / val["set"] / "HR"
-    if not hr_dir.is_dir():
-        return None
-    from liif.data import list_images, load_rgb
-    from liif.evaluation import benchmark_pair
-    from liif.train import psnr_model_on
-
-    files = list_images([hr_dir])[: val["images"]]
-    pairs = [(*benchmark_pair(load_rgb(f), s), s) for f in files for s in val["scales"]]
-    name = f"val_{val['set']}_psnr_x{'_'.join(map(str, val['scales']))}"
-
-    def validate(model: nn.Module) -> dict[str, float]:
-        device = next(model.parameters()).device
-        moved = [(lr.to(device), hr.to(device), s) for lr, hr, s in pairs]
-        return {name: round(psnr_model_on(model, moved), 4)}
-
-    return validate
+    return benchmark_validation(val.get("root"), val["set"], val["images"], tuple(val["scales"]))
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -267,7 +231,8 @@ def _all_mean(value: float, world: int, device: torch.device) -> float:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
-    """Ray Train worker function.
+    """Ray Train worker function: :func:`liif.loop.run_loop` with DDP, the rank's data shard,
+    ``ray.train.report`` at log steps and a checkpoint (the run-folder layout) at save steps.
 
     ``config``: ``train`` (a :class:`TrainConfig` as a dict), ``use_gt`` (read the ``"train"``
     dataset shard; else ``train.data`` folders), ``shuffle_buffer``, ``augment``, ``val``
@@ -276,7 +241,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """
     import ray.train
     import ray.train.torch
-    from torch.nn.parallel import DistributedDataParallel
 
     cfg = TrainConfig.from_dict(config["train"])
     ctx = ray.train.get_context()
@@ -284,134 +248,58 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = make_model(cfg)
-    if cfg.init:
-        model.load_state_dict(load_checkpoint(cfg.init).state_dict())
-
-    start_step, state, history = 0, None, []
+    device = ray.train.torch.get_device()
+    scaler = (torch.amp.GradScaler(device.type) if cfg.amp == "fp16" and device.type != "cpu"
+              else None)
+    t = make_training(cfg, prepare=ray.train.torch.prepare_model, scaler=scaler)
     resume = ray.train.get_checkpoint()
     if resume is not None:
         with resume.as_directory() as d:
-            model.load_state_dict(load_checkpoint(Path(d) / MODEL_FILE).state_dict())
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-            history = _read_csv(Path(d) / METRICS_FILE)
-        start_step = int(state["step"])
-
-    model = ray.train.torch.prepare_model(model)
-    module = model.module if isinstance(model, DistributedDataParallel) else model
-    device = ray.train.torch.get_device()
-    opt, sched = make_optimizer(model, cfg)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[cfg.amp]
-    scaler = (torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and device.type == "cuda"
-              else None)
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        milestones = sched.milestones  # keep this run's schedule if --steps changed
-        sched.load_state_dict(state["scheduler"])
-        sched.milestones = milestones
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-
+            load_run(Path(d), t)
+    start_step = t.step
     rng = np.random.default_rng([cfg.seed, rank, start_step])
     batches = (_gt_batches(cfg, config, rank, rng) if config.get("use_gt")
                else _folder_batches(cfg, rng))
     validate = _validation(config.get("val")) if rank == 0 else None
-    writer = None
-    if rank == 0 and config.get("tensorboard_dir"):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+    writer = _tensorboard(config.get("tensorboard_dir")) if rank == 0 else None
+    def on_log(row: dict[str, Any]) -> None:
+        if rank == 0:
+            print(progress_line(config.get("run_name"), cfg.steps, row), flush=True)
+            if writer is not None:
+                for k, v in row.items():
+                    if k != "step" and isinstance(v, int | float):
+                        writer.add_scalar(k, v, row["step"])
+        if row["step"] % cfg.save_every and row["step"] != cfg.steps:
+            ray.train.report(row)  # every rank reports at the same steps
 
-            writer = SummaryWriter(config["tensorboard_dir"])
-        except ImportError:  # tensorboard is optional
-            writer = None
-
-    step, losses, window = start_step, [], []
-    t_start = t_window = time.perf_counter()
-    t_steady = None  # after the first step (start-up, first data fetch) of this run
-    compute: list[float] = []
-    while step < cfg.steps:
-        batch = next(batches)
-        t_step = time.perf_counter()
-        loss = train_step(model, batch, opt, grad_clip=cfg.grad_clip, amp_dtype=amp_dtype,
-                          scaler=scaler)
-        sched.step()
-        compute.append(time.perf_counter() - t_step)
-        step += 1
-        losses.append(loss)
-        window.append(loss)
-        save = step % cfg.save_every == 0 or step == cfg.steps
-        if save or step % cfg.log_every == 0:
-            now = time.perf_counter()
-            metrics: dict[str, Any] = {
-                "step": step,
-                "loss": round(_all_mean(sum(window) / len(window), world, device), 6),
-                "lr": opt.param_groups[0]["lr"],
-                "samples_per_s": round(len(window) * cfg.batch_size * world / (now - t_window),
-                                       3),
-                "seconds": round(now - t_start, 3),
-            }
-            window = []
-            if save and validate is not None:
-                metrics.update(validate(module))
+    def on_save(row: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
             if rank == 0:
-                history.append(metrics)
-                print(_progress_line(config.get("run_name"), cfg.steps, metrics), flush=True)
-                if writer is not None:
-                    for k, v in metrics.items():
-                        if k != "step":
-                            writer.add_scalar(k, v, step)
-            _report(metrics, step, save, rank, module, opt, sched, scaler, cfg, history, config)
-            t_window = time.perf_counter()
-        if t_steady is None:
-            t_steady = time.perf_counter()
+                save_run(Path(d), t, training={"config": asdict(cfg),
+                                               "run": config.get("run_name"), "metrics": row})
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(row, checkpoint=checkpoint,
+                             checkpoint_dir_name=f"checkpoint_{row['step']:09d}")
+
+    run = run_loop(t, liif_step(cfg, t), batches, steps=cfg.steps, log_every=cfg.log_every,
+                   save_every=cfg.save_every, samples_per_step=cfg.batch_size * world,
+                   on_log=on_log, on_save=on_save, validate=validate,
+                   reduce=lambda v: _all_mean(v, world, device))
     if writer is not None:
         writer.close()
-    t_end = time.perf_counter()
-    if rank != 0:
+    return run if rank == 0 else None
+
+
+def _tensorboard(folder: str | None) -> Any:
+    """A TensorBoard writer for ``folder``, or None (no folder, or tensorboard not installed)."""
+    if not folder:
         return None
-    steady_steps = max(0, len(losses) - 1)
-    return {
-        "start_step": start_step, "step": step, "losses": losses,
-        "seconds": round(t_end - t_start, 3),
-        # wall clock over the steps after the first: data, compute, all-reduce and reports
-        "samples_per_s": round(steady_steps * cfg.batch_size * world / (t_end - t_steady), 3)
-        if steady_steps and t_steady is not None else None,
-        # train_step alone (forward, backward, DDP all-reduce, optimizer), after the first
-        "step_time_s": round(float(np.mean(compute[1:])), 5) if len(compute) > 1 else None,
-    }
-
-
-def _progress_line(run: str | None, steps: int, metrics: dict[str, Any]) -> str:
-    """One human-readable line per log interval (rank 0; Ray forwards it to the driver)."""
-    extra = " ".join(f"{k} {v}" for k, v in metrics.items()
-                     if k not in ("step", "loss", "lr", "samples_per_s", "seconds"))
-    return (f"train {run or ''} step {metrics['step']}/{steps} loss {metrics['loss']:.4f} "
-            f"lr {metrics['lr']:.2e} {metrics['samples_per_s']:.1f} samples/s "
-            f"{metrics['seconds']:.0f} s {extra}").rstrip()
-
-
-def _report(metrics: dict[str, Any], step: int, save: bool, rank: int, module: nn.Module,
-            opt: torch.optim.Optimizer, sched: Any, scaler: Any, cfg: TrainConfig,
-            history: list[dict[str, Any]], config: dict[str, Any]) -> None:
-    """``ray.train.report`` on every rank; at checkpoints rank 0 attaches our checkpoint."""
-    import ray.train
-
-    if not save:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as d:
-        checkpoint = None
-        if rank == 0:
-            training = {"step": step, "config": asdict(cfg), "run": config.get("run_name"),
-                        "metrics": metrics}
-            save_checkpoint(module, Path(d) / MODEL_FILE, training=training)
-            torch.save({"step": step, "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "scaler": scaler.state_dict() if scaler else None}, Path(d) / STATE_FILE)
-            _write_csv(history, Path(d) / METRICS_FILE)
-            checkpoint = ray.train.Checkpoint.from_directory(d)
-        ray.train.report(metrics, checkpoint=checkpoint,
-                         checkpoint_dir_name=f"checkpoint_{step:09d}")
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(folder)
 
 
 # ------------------------------------------------------------------------------ driver
@@ -529,7 +417,10 @@ def read_final_metrics(options: RayTrainOptions) -> list[dict[str, Any]]:
     fs, base = _resolved_fs(options)
     with fs.open_input_stream(f"{base}/{options.run_name}/{METRICS_FILE}") as f:
         text = f.read().decode()
-    return [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(io.StringIO(text))]
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / METRICS_FILE
+        path.write_text(text)
+        return read_metrics(path)
 
 
 def _jsonable(x: Any) -> Any:
