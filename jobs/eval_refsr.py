@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from jobs.train_ttsr import check_gt_dirs
-from liif.checkpoint import CheckpointError
+from liif.errors import LiifError
 from pipeline.refsr.evaluate import evaluate_refsr, json_safe, load_ttsr, markdown_table
 from pipeline.training.ttsr import GTReadError, load_ref_samples
 
@@ -98,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     from liif import load_model
-    from pipeline.errors import PipelineError
 
     try:
         ttsr = [(name, load_ttsr(path)) for name, path in ttsr_paths]
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             raise GTReadError(f"the GT outputs {a.gt} hold no samples")
         report = evaluate_refsr(samples, ttsr=ttsr, liif_model=liif_model, limit=a.limit,
                                 progress_every=a.progress_every)
-    except (GTReadError, CheckpointError, FileNotFoundError, PipelineError) as e:
+    except LiifError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report = {"gt": list(a.gt), "liif": a.liif, "ttsr": dict(ttsr_paths), **report}

@@ -30,13 +30,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from liif.errors import LiifError
+
 DEFAULT_SETS = ["Set5", "Set14", "B100"]
 
 
 def _parse_models(items: list[str]) -> dict[str, str]:
     """``["a=path", "name"]`` -> ``{label: model}``; a lone unlabelled model is ``liif``."""
     out: dict[str, str] = {}
-    for i, item in enumerate(items):
+    for item in items:
         label, sep, model = item.partition("=")
         if not sep:
             label, model = ("liif" if len(items) == 1 else Path(item).stem), item
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         loaded = {label: load_model(m) for label, m in models.items()}
-    except (FileNotFoundError, ValueError) as e:
+    except LiifError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
     methods = {label: model_method(m, precision=a.precision) for label, m in loaded.items()}
@@ -223,12 +225,12 @@ def main(argv: list[str] | None = None) -> int:
                     yield img
         seen = [0]
 
-        def progress(i: int, name: str = name) -> None:
+        def progress(i: int, name: str = name, seen: list[int] = seen) -> None:
             seen[0] = i
             log(f"{name}: {i} windows")
         try:
             results[name] = evaluate_images(windows(), a.scales, methods, progress=progress)
-        except (PipelineError, ValueError, OSError) as e:
+        except LiifError as e:
             sys.stderr.write(f"error: raster set {name!r}: {e}\n")
             return 2
         if seen[0] == 0:

@@ -28,9 +28,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from liif.checkpoint import CheckpointError
+from liif.errors import LiifError
 from liif.train import TrainConfig, check_init
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError
 from pipeline.io.locations import check_paths, model_files
 from pipeline.training.ray_train import RayTrainOptions, run_training, summary_json
 
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
             model = liif.load_model(summary["final"]) if "://" not in summary["final"] else None
             summary["final_loadable"] = model is not None
-    except (PipelineError, CheckpointError) as e:
+    except LiifError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

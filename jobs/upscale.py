@@ -198,12 +198,11 @@ def _run_and_report(a: argparse.Namespace, build, run) -> int:
     """Build the config and run it; print the JSON summary (exit 0) or the error (exit 2).
 
     The job itself writes ``--summary`` (atomically, checked before any work)."""
-    from liif.checkpoint import CheckpointError
-    from pipeline.errors import PipelineError
+    from liif.errors import LiifError
 
     try:
         summary = run(build())
-    except (PipelineError, CheckpointError, FileNotFoundError, ValueError, TypeError) as e:
+    except LiifError as e:  # bad input: the message and exit 2; anything else is a bug
         sys.stderr.write(f"error: {e}\n")
         for note in getattr(e, "__notes__", ()):
             sys.stderr.write(f"  {note}\n")

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from liif.errors import LiifError, ModelNotFoundError
 from liif.liif import LIIF
 from liif.registry import Registry
 
@@ -39,7 +40,7 @@ def _build_ttsr(**args: Any) -> nn.Module:
 MODELS.register("ttsr", _build_ttsr)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LiifError, ValueError):
     """A checkpoint that cannot be read or does not match its architecture."""
 
 
@@ -212,7 +213,7 @@ def resolve(path_or_name: str | Path) -> Path:
     bundled = WEIGHTS_DIR / f"{path_or_name}.safetensors"
     if bundled.is_file():
         return bundled
-    raise FileNotFoundError(
+    raise ModelNotFoundError(
         f"model {str(path_or_name)!r} is neither a checkpoint file nor a bundled name "
         f"(bundled: {bundled_models() or 'none'})")
 

@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from liif.errors import LiifError
+
 __all__ = [
     "DATASETS",
     "MetricArgumentError",
@@ -38,7 +40,7 @@ _SSIM_K2 = 0.03
 _SSIM_RANGE = 255.0
 
 
-class MetricArgumentError(ValueError):
+class MetricArgumentError(LiifError, ValueError):
     """An argument of a metric function is outside what the function accepts."""
 
 

@@ -15,13 +15,14 @@ import numpy as np
 import torch
 
 from liif.coords import make_coord
+from liif.errors import LiifError
 
 __all__ = ["PairError", "batch_from_pairs", "to_unit_tensor"]
 
 ValueRange = tuple[float, float]
 
 
-class PairError(ValueError):
+class PairError(LiifError, ValueError):
     """An (LR, HR) pair or its value range cannot form a training sample."""
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from liif.errors import LiifError
 
-class RegistryError(KeyError):
+
+class RegistryError(LiifError, KeyError):
     """An unknown or duplicate registry name."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from liif.errors import LiifError
+
 __all__ = [
     "BORDERS",
     "ResizeArgumentError",
@@ -27,7 +29,7 @@ _CUBIC_WIDTH = 4.0
 BORDERS = ("replicate", "symmetric")
 
 
-class ResizeArgumentError(ValueError):
+class ResizeArgumentError(LiifError, ValueError):
     """An argument of a resize function is outside what the function accepts."""
 
 

@@ -8,6 +8,8 @@ message (two or more arguments would be read as ``errno, strerror``).
 
 from __future__ import annotations
 
+from liif.errors import LiifError
+
 __all__ = [
     "BandSelectionError",
     "ConfigError",
@@ -26,7 +28,7 @@ __all__ = [
 ]
 
 
-class PipelineError(Exception):
+class PipelineError(LiifError):
     """Base class of every error raised by the pipeline."""
 
 

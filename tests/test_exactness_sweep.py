@@ -64,7 +64,8 @@ def _tiled(model: LIIF, img: torch.Tensor, H: int, W: int, splits: int = 3) -> t
     rows = sorted({H * k // splits for k in range(splits + 1)})
     cols = sorted({W * k // splits for k in range(splits + 1)})
     out = torch.full((3, H, W), float("nan"))
-    for (a, b), (c, d) in itertools.product(zip(rows, rows[1:]), zip(cols, cols[1:])):
+    spans = (zip(rows, rows[1:], strict=False), zip(cols, cols[1:], strict=False))
+    for (a, b), (c, d) in itertools.product(*spans):
         ly, hy = _latent_span(h, H, a, b)
         lx, hx = _latent_span(w, W, c, d)
         t, bt = max(0, ly - reach), min(h, hy + 1 + reach)

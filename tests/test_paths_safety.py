@@ -298,9 +298,10 @@ OTHER_JOBS = {
     "train_storage_inside_data": lambda d: ("train", [
         "--config", str(REPO / "jobs" / "configs" / "smoke.yaml"), "--data", str(d / "imgs"),
         "--storage-path", "~/imgs", "--run-name", "r"], ("--storage-path", "--data")),
-    "train_local_out_dir_is_data": lambda d: ("train_local", [
-        "--config", str(REPO / "jobs" / "configs" / "smoke.yaml"), "--set",
-        f"data=[{d / 'imgs'}]", f"out_dir={d / 'imgs'}"], ("out_dir", "data")),
+    "train_local_run_folder_is_data": lambda d: ("train", [
+        "--backend", "local", "--config", str(REPO / "jobs" / "configs" / "smoke.yaml"),
+        "--data", str(d / "imgs"), "--storage-path", str(d), "--run-name", "imgs"],
+        ("--storage-path", "--data")),
     "evaluate_json_is_model": lambda d: ("evaluate", [
         "--model", str(d / "liif.safetensors"), "--raster", f"r={d}/scene.tif", "--window", "16",
         "--scales", "2", "--json", "~/liif.safetensors"], ("--json", "--model")),

@@ -14,10 +14,10 @@ import torch
 
 import liif
 from jobs import cli, eval_refsr, train_ttsr
-from pipeline.refsr.evaluate import irrelevant_references
-from pipeline.training.ttsr import RefSample, load_ref_samples
 from liif import LIIF, save_checkpoint
 from liif.ttsr import TTSR
+from pipeline.refsr.evaluate import irrelevant_references
+from pipeline.training.ttsr import RefSample, load_ref_samples
 
 TINY = ["--num-res-blocks", "1+1+1+1", "--n-feats", "8", "--batch-size", "2", "--threads", "1",
         "--log-every", "1", "--save-every", "2", "--seed", "3"]

