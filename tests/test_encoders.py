@@ -213,14 +213,21 @@ def test_rdn_size_overrides_radius() -> None:
     _assert_support(change, _chebyshev(h, w, cy, cx), r)
 
 
-@pytest.mark.parametrize(("name", "args"), [
-    ("edsr-baseline", {"n_resblocks": 2, "n_feats": 16}),
-    ("rdn", {"RDNconfig": "A", "G0": 8}),
-])
-def test_encoder_shape_and_out_dim(name: str, args: dict) -> None:
-    """``(B, 3, h, w)`` -> ``(B, out_dim, h, w)`` for odd sizes."""
+#: small arguments for every registered encoder (a new encoder must add its own here)
+TINY_ARGS = {"edsr-baseline": {"n_resblocks": 2, "n_feats": 16},
+             "edsr": {"n_resblocks": 1, "n_feats": 8, "no_upsampling": True},
+             "rdn": {"RDNconfig": "A", "G0": 8}}
+
+
+def test_every_registered_encoder_is_tested() -> None:
+    assert sorted(TINY_ARGS) == ENCODERS.names()
+
+
+@pytest.mark.parametrize("name", ENCODERS.names())
+def test_encoder_shape_and_out_dim(name: str) -> None:
+    """``(B, 3, h, w)`` -> ``(B, out_dim, h, w)`` for odd sizes, for every registered encoder."""
     torch.manual_seed(0)
-    enc = ENCODERS.build(name, args).eval()
+    enc = ENCODERS.build(name, TINY_ARGS[name]).eval()
     with torch.no_grad():
         y = enc(torch.rand(2, 3, 7, 11))
     assert y.shape == (2, enc.out_dim, 7, 11)
