@@ -113,7 +113,7 @@ def base_attrs(cfg: Any, info: SourceInfo, out_shape: tuple[int, int],
         "model": model, "source_uri": cfg.source.uri, "crs": info.crs,
         "transform": (list(scaled_transform(info.transform, (h, w), out_shape))
                       if info.transform else None),
-        "value_range": list(vr), "nodata": info.nodata,
+        "value_range": list(vr), "nodata": info.nodata, "bands": info.band_info,
     }
 
 

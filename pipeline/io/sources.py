@@ -189,6 +189,10 @@ class Source(abc.ABC):
         self.nodata = nodata
         self.crs = crs
         self.transform = transform
+        #: per logical band: {"colorinterp": GDAL colour interpretation name or None,
+        #: "description": band description or None}; backends fill what they know
+        self.band_info: list[dict[str, Any]] = [
+            {"colorinterp": None, "description": None} for _ in self.bands]
         self._closed = False
 
     @property
@@ -416,10 +420,11 @@ class SourceInfo:
     crs: str | None
     transform: tuple[float, ...] | None
     identity: dict[str, Any]
+    band_info: list[dict[str, Any]]
 
 
 def probe_source(spec: SourceSpec) -> SourceInfo:
     """Open ``spec``, read its metadata and identity, close it."""
     with open_source(spec) as src:
         return SourceInfo(src.shape, src.dtype, src.nodata, src.crs, src.transform,
-                          content_identity(src))
+                          content_identity(src), list(src.band_info))

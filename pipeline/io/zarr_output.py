@@ -48,6 +48,7 @@ from pipeline.errors import (
 )
 from pipeline.geometry.affine import as_transform
 from pipeline.io.atomic import exists
+from pipeline.io.geozarr import geo_attrs
 from pipeline.io.locations import Location, resolve
 from pipeline.io.manifest import MANIFEST_DIR, TileManifest
 
@@ -175,7 +176,8 @@ def _jsonable(value: Any, where: str) -> Any:
     )
 
 
-def _prepare_attrs(attrs: dict[str, Any] | None) -> dict[str, Any]:
+def _prepare_attrs(attrs: dict[str, Any] | None, shape: tuple[int, int] | None = None
+                   ) -> dict[str, Any]:
     out = _jsonable(dict(attrs or {}), "attrs")
     out["created_by"] = CREATED_BY
     if out.get("transform") is not None:
@@ -183,11 +185,9 @@ def _prepare_attrs(attrs: dict[str, Any] | None) -> dict[str, Any]:
             out["transform"] = list(as_transform(out["transform"]))
         except ValueError as exc:
             raise ConfigError(f"attrs['transform']: {exc}") from exc
-        out["spatial:transform"] = out["transform"]
-    if out.get("crs") is not None:
-        if not isinstance(out["crs"], str):
-            raise ConfigError(f"attrs['crs'] must be a WKT string or None, got {out['crs']!r}")
-        out["proj:wkt2"] = out["crs"]
+    if out.get("crs") is not None and not isinstance(out["crs"], str):
+        raise ConfigError(f"attrs['crs'] must be a WKT string or None, got {out['crs']!r}")
+    out.update(geo_attrs(out.get("crs"), out.get("transform"), shape))
     return out
 
 
@@ -519,7 +519,7 @@ def create_zarr_output(
     if shards2 is not None and any(s % c for s, c in zip(shards2, chunks2, strict=True)):
         raise ConfigError(f"shards {shards2} must be multiples of chunks {chunks2}")
     fill = _check_fill(fill_value, np_dtype)
-    meta = _prepare_attrs(attrs)
+    meta = _prepare_attrs(attrs, (shape3[1], shape3[2]))
 
     mode = check_output_target(spec, overwrite=overwrite, resume=resume)
     if mode == "resume":
