@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.gt import GTConfig, make_gt  # noqa: E402
+from pipeline.gt import GTConfig, make_gt
 
 
 def synthetic_geotiff(path: Path, size: int, seed: int = 0) -> str:

@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "geo"
@@ -70,7 +70,7 @@ def peak_rss_mb(pid: int | None = None) -> float | None:
         import psutil
 
         return psutil.Process(pid).memory_info().rss / 2**20
-    except Exception:  # noqa: BLE001 - psutil absent or the process is gone
+    except Exception:  # psutil absent or the process is gone
         return None
 
 

@@ -41,7 +41,7 @@ OFFICIAL = ("official", "fp32")
 # ----------------------------------------------------------------------------- worker side
 
 
-def _model(path: str | None, device: str):  # noqa: ANN202 - torch imported lazily
+def _model(path: str | None, device: str):
     import torch
 
     from liif.checkpoint import load_model
@@ -53,7 +53,7 @@ def _model(path: str | None, device: str):  # noqa: ANN202 - torch imported lazi
     return LIIF({"name": "edsr-baseline", "args": {"no_upsampling": True}}).eval().to(device)
 
 
-def _official_upscale(job: dict[str, Any]):  # noqa: ANN202
+def _official_upscale(job: dict[str, Any]):
     """The official code's model and its test-time query (``batched_predict``) on our weights.
 
     The checkout's ``models`` and ``utils`` are imported from ``job["official"]``; ``.cuda()`` is
@@ -92,7 +92,7 @@ def _official_upscale(job: dict[str, Any]):  # noqa: ANN202
     return run
 
 
-def _image(crop: int, device: str):  # noqa: ANN202
+def _image(crop: int, device: str):
     import numpy as np
     import torch
     from skimage.data import astronaut
@@ -127,7 +127,7 @@ def run_worker(job: dict[str, Any]) -> dict[str, Any]:
     if job["impl"] == "official":
         official = _official_upscale(job)
 
-        def upscale(_model: Any, image: Any, **kw: Any) -> Any:  # noqa: F811 - same signature
+        def upscale(_model: Any, image: Any, **kw: Any) -> Any:
             return official(image, **kw)
         model = None
     else:

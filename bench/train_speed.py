@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from liif.train import TrainConfig  # noqa: E402
+from liif.train import TrainConfig
 
 
 def synthetic_images(folder: Path, n: int = 4, size: int = 256) -> str:

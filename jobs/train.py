@@ -32,6 +32,7 @@ from liif.errors import LiifError
 from liif.train import TrainConfig, check_init
 from pipeline.errors import ConfigError
 from pipeline.io.locations import check_paths, model_files
+from pipeline.training.config import load_train_config
 from pipeline.training.ray_train import RayTrainOptions, run_training, summary_json
 
 SMOKE_CONFIG = Path(__file__).resolve().parent / "configs" / "smoke.yaml"
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"config {a.config!r} does not exist")
     overrides = list(a.set) + ([f"steps={a.steps}"] if a.steps is not None else [])
     try:
-        cfg = TrainConfig.from_yaml(cfg_path, overrides)
+        cfg = load_train_config(cfg_path, overrides)
         if a.init is not None:
             cfg = dataclasses.replace(cfg, init=a.init)
         if cfg.init is not None:

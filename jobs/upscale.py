@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 DEMO_SCALE = 3.7
 
@@ -172,7 +174,7 @@ def _default_workers(gpus_per_worker: float | None, threads: int | None) -> tupl
         import torch
 
         n_gpu = torch.cuda.device_count()
-    except Exception:  # noqa: BLE001 - torch always imports here; be safe for odd installs
+    except Exception:  # torch always imports here; be safe for odd installs
         n_gpu = 0
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if n_gpu else 0.0
@@ -194,7 +196,8 @@ def _common_options(a: argparse.Namespace) -> dict:
         cog=a.cog, preview=a.preview, summary=a.summary, progress=not a.no_progress)
 
 
-def _run_and_report(a: argparse.Namespace, build, run) -> int:
+def _run_and_report(a: argparse.Namespace, build: Callable[[], Any],
+                    run: Callable[[Any], dict[str, Any]]) -> int:
     """Build the config and run it; print the JSON summary (exit 0) or the error (exit 2).
 
     The job itself writes ``--summary`` (atomically, checked before any work)."""

@@ -157,7 +157,7 @@ def _torch_load(path: Path) -> Any:
                 f"checkpoints are loaded): {culprit[0].strip()}") from e
         raise CheckpointError(f"{path} is not a readable torch checkpoint: "
                               f"{str(e).splitlines()[0]}") from e
-    except Exception as e:  # noqa: BLE001 - torch.load raises many types on corrupt files
+    except Exception as e:  # torch.load raises many types on corrupt files
         raise CheckpointError(f"{path} is not a readable torch checkpoint: "
                               f"{type(e).__name__}: {e}") from e
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from liif.data import list_images, load_rgb
 from liif.infer import upscale
 from liif.metrics import crop_to_multiple, psnr
 from liif.resize import imresize_matlab, imresize_matlab_uint8, resize_bicubic
+
+if TYPE_CHECKING:
+    from liif.liif import LIIF
 
 MATLAB_SCALES = (2, 3, 4)
 
@@ -141,7 +145,7 @@ def grid_windows(shape: tuple[int, int], size: int, *, stride: int | None = None
             for c in range(c0, c1 - size + 1, stride)]
 
 
-def model_method(model, *, precision: str = "fp32") -> Method:
+def model_method(model: LIIF, *, precision: str = "fp32") -> Method:
     """``liif.upscale`` as an evaluation method: ``(lr (3, h, w), (H, W)) -> (3, H, W)``."""
 
     def run(lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

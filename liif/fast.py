@@ -19,10 +19,15 @@ What makes it fast, relative to :func:`liif.liif.query_reference`:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from liif.coords import axis_positions, paper_coord
+
+if TYPE_CHECKING:
+    from liif.liif import LIIF
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _BRANCHES_ENSEMBLE = ((-1, -1), (-1, 1), (1, -1), (1, 1))
@@ -34,7 +39,7 @@ def _dtype_for(precision: str) -> torch.dtype:
     return PRECISIONS[precision]
 
 
-def first_layer(model, feat: torch.Tensor) -> torch.Tensor:
+def first_layer(model: LIIF, feat: torch.Tensor) -> torch.Tensor:
     """The feature part of the first MLP layer for every latent: ``(B, C, h, w)`` -> ``(B, h, w, D)``.
 
     Includes the first layer's bias. Zero padding at the border equals the paper's zero-padded
@@ -98,7 +103,7 @@ def _linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> t
     return torch.relu(F.linear(x, weight, bias))
 
 
-def _tail(model, hidden: torch.Tensor, dtype: torch.dtype, *, activated: bool = False) -> torch.Tensor:
+def _tail(model: LIIF, hidden: torch.Tensor, dtype: torch.dtype, *, activated: bool = False) -> torch.Tensor:
     """ReLU (unless ``activated``) then the MLP's remaining layers; ``(..., D)`` -> ``(..., out)``
     in float32."""
     lins = model.imnet.linears
@@ -109,7 +114,8 @@ def _tail(model, hidden: torch.Tensor, dtype: torch.dtype, *, activated: bool = 
     return F.linear(x, last.weight.to(dtype), last.bias.to(dtype)).float()
 
 
-def _coord_weights(model, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _coord_weights(model: LIIF, dtype: torch.dtype,
+                   device: torch.device | str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     w = model.imnet.linears[0].weight
     f = model.feat_dim
     w_rel = w[:, f:f + 2].to(device=device, dtype=dtype)
@@ -122,7 +128,7 @@ def _rank2(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return v[..., :1] * w[:, 0] + v[..., 1:] * w[:, 1]
 
 
-def query_points(model, feat: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor | None, *,
+def query_points(model: LIIF, feat: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor | None, *,
                  precision: str = "fp32") -> torch.Tensor:
     """Fast equivalent of ``query_reference`` for arbitrary points.
 
@@ -170,7 +176,7 @@ def _combine(preds: torch.Tensor, areas: list[torch.Tensor], ensemble: bool) -> 
     return out
 
 
-def render(model, z: torch.Tensor, *, in_shape: tuple[int, int], out_shape: tuple[int, int],
+def render(model: LIIF, z: torch.Tensor, *, in_shape: tuple[int, int], out_shape: tuple[int, int],
            rows: tuple[int, int], cols: tuple[int, int], offset: tuple[int, int] = (0, 0),
            precision: str = "fp32") -> torch.Tensor:
     """Decode a rectangle of the output grid from a (window of the) first-layer map.

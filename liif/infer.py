@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from liif.coords import make_coord, output_size
 from liif.fast import _dtype_for, first_layer, render
+
+if TYPE_CHECKING:
+    from liif.liif import LIIF
 
 
 def normalize(img: torch.Tensor) -> torch.Tensor:
@@ -30,7 +35,7 @@ def _check_image(image: torch.Tensor) -> None:
 
 
 @torch.inference_mode()
-def upscale(model, image: torch.Tensor, *, scale: float | tuple[float, float] | None = None,
+def upscale(model: LIIF, image: torch.Tensor, *, scale: float | tuple[float, float] | None = None,
             size: tuple[int, int] | None = None, chunk_pixels: int = 4096,
             precision: str = "fp32", impl: str = "fast") -> torch.Tensor:
     """Super-resolve ``image`` ``(3, h, w)`` in [0, 1] to ``(3, H, W)`` in [0, 1].
@@ -65,7 +70,7 @@ def upscale(model, image: torch.Tensor, *, scale: float | tuple[float, float] | 
     return denormalize(out)
 
 
-def decode(model, feat: torch.Tensor, *, in_shape: tuple[int, int], out_shape: tuple[int, int],
+def decode(model: LIIF, feat: torch.Tensor, *, in_shape: tuple[int, int], out_shape: tuple[int, int],
            rows: tuple[int, int], cols: tuple[int, int], offset: tuple[int, int] = (0, 0),
            chunk_pixels: int = 4096, precision: str = "fp32") -> torch.Tensor:
     """Decode output ``rows x cols`` from latents ``feat`` ``(B, C, hf, wf)`` of a window at
@@ -89,7 +94,8 @@ def decode(model, feat: torch.Tensor, *, in_shape: tuple[int, int], out_shape: t
     return out
 
 
-def cell_for(out_shape: tuple[int, int], q: int, *, dtype=torch.float32, device=None) -> torch.Tensor:
+def cell_for(out_shape: tuple[int, int], q: int, *, dtype: torch.dtype = torch.float32,
+             device: torch.device | str | None = None) -> torch.Tensor:
     """The paper's cell ``(q, 2)`` for an output of ``out_shape``: ``(2 / H, 2 / W)`` per query."""
     H, W = out_shape
     return torch.tensor([2 / H, 2 / W], dtype=dtype, device=device).expand(q, 2)

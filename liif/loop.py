@@ -234,7 +234,7 @@ def load_run(folder: Path, t: Training, *, rng: np.random.Generator | None = Non
             f"{spec}: use another run folder or the same architecture")
     try:
         state = torch.load(spath, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means an unreadable file
+    except Exception as e:  # any unpickling failure means an unreadable file
         raise ResumeError(f"cannot read {spath}: {type(e).__name__}: {e}") from e
     step = int(state["step"])
     saved = int((meta.get("training") or {}).get("step", step))

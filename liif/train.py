@@ -7,7 +7,7 @@ L1 loss on normalised RGB, Adam 1e-4 halved at 20/40/60/80 % of training, batch 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Config from a mapping (a YAML file: :func:`pipeline.training.config.load_train_config`)."""
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:
@@ -77,21 +78,6 @@ class TrainConfig:
         for k, v in d.items():
             d[k] = _coerce(k, v, cls.__dataclass_fields__[k].type)
         return cls(**d)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
-        """Config from a YAML file plus ``KEY=VALUE`` overrides (values parsed as YAML)."""
-        import yaml
-
-        d = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(d, dict):
-            raise ValueError(f"config {str(path)!r} must hold a mapping of keys, got {type(d).__name__}")
-        for kv in overrides:
-            if "=" not in kv:
-                raise ValueError(f"--set expects KEY=VALUE, got {kv!r}")
-            k, v = kv.split("=", 1)
-            d[k.strip()] = yaml.safe_load(v)
-        return cls.from_dict(d)
 
     def sampler_config(self) -> SamplerConfig:
         return SamplerConfig(self.inp_size, self.scale_min, self.scale_max, self.sample_q)

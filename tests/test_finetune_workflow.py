@@ -16,6 +16,7 @@ from jobs import make_gt as make_gt_job
 from jobs import train as train_job
 from liif.checkpoint import CheckpointError, load_model, read_metadata, save_checkpoint
 from liif.train import TrainConfig, check_init, make_model
+from pipeline.training.config import load_train_config
 
 SMOKE = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "smoke.yaml"
 FINETUNE = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "finetune-aerial.yaml"
@@ -51,7 +52,7 @@ def _init_checkpoint(path: Path, seed: int = 0) -> Path:
 
 
 def test_finetune_config_starts_from_the_bundled_official_weights() -> None:
-    cfg = TrainConfig.from_yaml(FINETUNE)
+    cfg = load_train_config(FINETUNE)
     assert cfg.init == "edsr-baseline-liif"
     assert cfg.lr < 1e-4  # a fine-tune rate, below the paper's 1e-4 from scratch
     assert (cfg.inp_size, cfg.scale_min, cfg.scale_max, cfg.sample_q) == (48, 1.0, 4.0, 2304)

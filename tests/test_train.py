@@ -14,6 +14,7 @@ from liif.data import ImageFolderSampler, SamplerConfig
 from liif.liif import LIIF
 from liif.resize import resize_bicubic
 from liif.train import TrainConfig, make_model, train, train_step
+from pipeline.training.config import load_train_config
 
 SMALL_ENCODER = {"name": "edsr-baseline",
                  "args": {"no_upsampling": True, "n_resblocks": 2, "n_feats": 16}}
@@ -218,12 +219,12 @@ def test_config_from_yaml_with_overrides_coerces_yaml11_numbers(tmp_path: Path) 
     path = tmp_path / "c.yaml"
     path.write_text("steps: 100\nlr: 2.0e-4\nmilestones: [0.5]\n")
     # PyYAML (YAML 1.1) reads '1e-4' and '1.5e3' as strings: they must still become numbers
-    cfg = TrainConfig.from_yaml(path, ["lr=1e-4", "steps=1.5e3", "milestones=[0.6, 0.85]",
-                                       "grad_clip=1e-1"])
+    cfg = load_train_config(path, ["lr=1e-4", "steps=1.5e3", "milestones=[0.6, 0.85]",
+                                  "grad_clip=1e-1"])
     assert cfg.lr == 1e-4 and isinstance(cfg.lr, float)
     assert cfg.steps == 1500 and isinstance(cfg.steps, int)
     assert cfg.milestones == (0.6, 0.85) and cfg.grad_clip == 0.1
-    assert TrainConfig.from_yaml(path).lr == 2e-4
+    assert load_train_config(path).lr == 2e-4
     for bad, msg in ((["lr=abc"], "'lr' must be a number, got 'abc'"),
                      (["steps=2.5"], "'steps' must be an integer, got 2.5"),
                      (["batch_size=true"], "'batch_size' must be a number, got True"),
@@ -231,7 +232,7 @@ def test_config_from_yaml_with_overrides_coerces_yaml11_numbers(tmp_path: Path) 
                      (["oops"], "KEY=VALUE, got 'oops'"),
                      (["stepz=3"], "unknown training config keys")):
         with pytest.raises(ValueError, match=msg.replace("[", r"\[")):
-            TrainConfig.from_yaml(path, bad)
+            load_train_config(path, bad)
     (tmp_path / "list.yaml").write_text("- 1\n")
     with pytest.raises(ValueError, match="must hold a mapping"):
-        TrainConfig.from_yaml(tmp_path / "list.yaml")
+        load_train_config(tmp_path / "list.yaml")

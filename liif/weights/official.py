@@ -16,7 +16,7 @@ beside it. The output is byte-for-byte reproducible (:func:`liif.checkpoint.chec
 
 from __future__ import annotations
 
-import argparse
+import argparse  # noqa: TID251 - the maintenance script `python -m liif.weights.official`
 import hashlib
 import io
 import os
