@@ -12,7 +12,7 @@ import hashlib
 import json
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
@@ -139,8 +139,9 @@ def _load_state(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> n
     unexpected = sorted(set(sd) - set(own))
     bad = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
     if missing or unexpected or bad:
+        name = cast("dict[str, Any]", model.spec)["name"]
         raise CheckpointError(
-            f"{source} does not match {model.spec['name']}: missing {missing[:5]}, unexpected "
+            f"{source} does not match {name}: missing {missing[:5]}, unexpected "
             f"{unexpected[:5]}, shape mismatch {[(k, tuple(sd[k].shape)) for k in bad[:5]]}")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
     return model

@@ -117,7 +117,7 @@ class ImageFolderSampler:
             raise ValueError(f"no image is at least {self.cfg.inp_size} px on its short side")
 
     def batch(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        out = []
+        out: list[dict] = []
         while len(out) < batch_size:
             im = self.images[int(rng.integers(len(self.images)))]
             short = min(im.shape[-2:])

@@ -47,7 +47,7 @@ def official_downsampled_pair(hr_u8: torch.Tensor, scale: float) -> tuple[torch.
         raise ValueError(f"image {H}x{W} is too small for scale {scale!r} (LR would be {h_lr}x{w_lr})")
     hr = hr_u8[:, : round(h_lr * scale), : round(w_lr * scale)]
     im = Image.fromarray(np.ascontiguousarray(hr.permute(1, 2, 0).numpy()))
-    lr = np.asarray(im.resize((w_lr, h_lr), Image.BICUBIC))
+    lr = np.asarray(im.resize((w_lr, h_lr), Image.Resampling.BICUBIC))
     return (torch.from_numpy(lr.copy()).permute(2, 0, 1).float() / 255, hr.float() / 255)
 
 
@@ -55,8 +55,8 @@ def benchmark_pair(hr_u8: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch
     """(lr, hr) float ``(3, h, w)`` / ``(3, H, W)`` in [0, 1] as the official evaluation makes them."""
     if scale in MATLAB_SCALES:
         hr = crop_to_multiple(hr_u8, scale)
-        lr = imresize_matlab_uint8(hr.permute(1, 2, 0).numpy(), 1 / scale)
-        lr = torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1)
+        lr_u8 = imresize_matlab_uint8(hr.permute(1, 2, 0).numpy(), 1 / scale)
+        lr = torch.from_numpy(np.ascontiguousarray(lr_u8)).permute(2, 0, 1)
         return lr.float() / 255, hr.float() / 255
     return official_downsampled_pair(hr_u8, scale)
 
@@ -103,7 +103,7 @@ def evaluate_images(images: Iterable[torch.Tensor], scales: Sequence[int], metho
         for s in scales:
             lr, hr = benchmark_pair(img, s) if img.dtype == torch.uint8 else unit_pair(img, s)
             for name, fn in methods.items():
-                sr = fn(lr, tuple(hr.shape[-2:]))
+                sr = fn(lr, (hr.shape[-2], hr.shape[-1]))
                 sums[name][s].append(psnr(sr, hr, scale=s, dataset="benchmark"))
         if progress:
             progress(i + 1)

@@ -144,8 +144,9 @@ def query_points(model: LIIF, feat: torch.Tensor, coord: torch.Tensor, cell: tor
     uy = (c64[..., 0] + 1) * h / 2 - 0.5
     ux = (c64[..., 1] + 1) * w / 2 - 0.5
     w_rel, w_cell = _coord_weights(model, feat.dtype, feat.device)
-    const = 0.0
+    const: float | torch.Tensor = 0.0
     if model.cell_decode:
+        assert cell is not None and w_cell is not None  # checked above; cell_decode has w_cell
         rel_cell = cell * torch.tensor([h, w], dtype=cell.dtype, device=cell.device)
         const = _rank2(rel_cell.to(feat.dtype), w_cell)  # (B, Q, D)
     shifts = _BRANCHES_ENSEMBLE if model.local_ensemble else ((0, 0),)
@@ -200,6 +201,7 @@ def render(model: LIIF, z: torch.Tensor, *, in_shape: tuple[int, int], out_shape
     if model.cell_decode:  # the paper's cell (2 / H, 2 / W) in float32, times (h, w) in float32
         rel_cell = torch.tensor([2 / H, 2 / W], dtype=torch.float32, device=z.device)
         rel_cell = rel_cell * torch.tensor([h, w], dtype=torch.float32, device=z.device)
+        assert w_cell is not None  # _coord_weights gives it when cell_decode
         const = _rank2(rel_cell, w_cell)
     shifts = _BRANCHES_ENSEMBLE if model.local_ensemble else ((0, 0),)
     # all branches' first-layer pre-activations in one buffer: one batched MLP call, no stack copy

@@ -18,7 +18,7 @@ from liif.coords import make_coord
 from liif.encoders import ENCODERS
 from liif.mlp import MLP
 
-_DEFAULT_IMNET = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [256, 256, 256, 256]}}
+_DEFAULT_IMNET: dict[str, Any] = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [256, 256, 256, 256]}}
 IMPLS = ("fast", "reference")
 
 
@@ -35,7 +35,7 @@ class LIIF(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder_spec = {"name": encoder_spec["name"], "args": dict(encoder_spec.get("args", {}))}
-        self.imnet_spec = imnet_spec if imnet_spec is not None else _DEFAULT_IMNET
+        self.imnet_spec: dict[str, Any] = imnet_spec if imnet_spec is not None else _DEFAULT_IMNET
         self.local_ensemble, self.feat_unfold, self.cell_decode = (
             bool(local_ensemble), bool(feat_unfold), bool(cell_decode))
         self.encoder = ENCODERS.build(self.encoder_spec["name"], self.encoder_spec["args"])
@@ -117,6 +117,7 @@ def query_reference(model: LIIF, feat: torch.Tensor, coord: torch.Tensor,
             rel = rel * torch.tensor([h, w], dtype=rel.dtype, device=rel.device)
             inp = torch.cat([q_feat, rel], dim=-1)
             if model.cell_decode:
+                assert cell is not None  # checked above
                 rel_cell = cell * torch.tensor([h, w], dtype=cell.dtype, device=cell.device)
                 inp = torch.cat([inp, rel_cell], dim=-1)
             preds.append(model.imnet(inp))

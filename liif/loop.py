@@ -124,6 +124,7 @@ def run_loop(t: Training, step_fn: StepFn, batches: Iterator[Any], *, steps: int
                 "seconds": round(t.seconds + now - t0, 3)}
             window = []
             if save and validate is not None:
+                assert t.module is not None  # Training.__post_init__ sets it
                 row.update(validate(t.module))
             t.history.append(row)
             on_log(row)

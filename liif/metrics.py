@@ -172,8 +172,13 @@ def _filter_valid(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """
     n = g.shape[0]
     h, w = x.shape[-2:]
-    rows = sum(g[k] * x[..., k : h - n + 1 + k, :] for k in range(n))
-    return sum(g[k] * rows[..., :, k : w - n + 1 + k] for k in range(n))
+    rows = g[0] * x[..., 0 : h - n + 1, :]
+    for k in range(1, n):
+        rows = rows + g[k] * x[..., k : h - n + 1 + k, :]
+    out = g[0] * rows[..., :, 0 : w - n + 1]
+    for k in range(1, n):
+        out = out + g[k] * rows[..., :, k : w - n + 1 + k]
+    return out
 
 
 def ssim_y(sr: torch.Tensor, hr: torch.Tensor, *, shave: int) -> float:

@@ -111,7 +111,11 @@ def batch_from_pairs(
             raise PairError(f"value_ranges has {len(value_ranges)} entries for {n} pairs")
         ranges = [_check_range(vr, i) for i, vr in enumerate(value_ranges)]  # type: ignore[arg-type]
 
-    inps, coords, cells, gts, scales = [], [], [], [], []
+    inps: list[torch.Tensor] = []
+    coords: list[torch.Tensor] = []
+    cells: list[torch.Tensor] = []
+    gts: list[torch.Tensor] = []
+    scales: list[float] = []
     for i in range(n):
         lo, hi = ranges[i]
         lr = (_as_float_chw(lr_list[i], "lr_list", i).to(torch.float64) - lo) / (hi - lo)

@@ -50,13 +50,12 @@ def _check_image(img: torch.Tensor) -> None:
 
 
 def _check_size(size: object) -> tuple[int, int]:
-    ok = (
+    if not (
         isinstance(size, (tuple, list))
         and len(size) == 2
         and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in size)
         and all(s >= 1 for s in size)
-    )
-    if not ok:
+    ):
         raise ResizeArgumentError(f"size must be a pair of positive ints (H, W), got {size!r}")
     return int(size[0]), int(size[1])
 
@@ -155,6 +154,7 @@ def _resize_along(
     for k in range(idx.shape[1]):
         term = x.index_select(dim, idx[:, k]) * w[:, k].reshape(shape)
         out = term if out is None else out + term
+    assert out is not None  # every output pixel has at least one tap
     return out
 
 

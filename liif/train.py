@@ -18,6 +18,7 @@ from torch import nn
 
 from liif.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from liif.data import ImageFolderSampler, SamplerConfig
+from liif.liif import LIIF
 from liif.loop import (
     FINAL_FILE,
     METRICS_FILE,
@@ -83,7 +84,7 @@ class TrainConfig:
         return SamplerConfig(self.inp_size, self.scale_min, self.scale_max, self.sample_q)
 
 
-def _coerce(key: str, value: Any, annotation: str) -> Any:
+def _coerce(key: str, value: Any, annotation: object) -> Any:
     """Numbers written as YAML 1.1 strings (``1e-4``) become numbers; other mismatches raise."""
     kind = {"int": int, "float": float}.get(str(annotation).split(" |")[0])
     if kind is None or value is None or isinstance(value, bool):
@@ -223,6 +224,7 @@ def train(cfg: TrainConfig, *, sampler: ImageFolderSampler | None = None,
     run = run_loop(t, step_fn, batches(), steps=cfg.steps, log_every=cfg.log_every,
                    save_every=cfg.save_every, samples_per_step=cfg.batch_size, on_log=on_log,
                    on_save=on_save, validate=validate)
+    assert t.module is not None  # Training.__post_init__ sets it
     final = save_checkpoint(t.module, out_dir / FINAL_FILE,
                             training={"step": t.step, "config": asdict(cfg)})
     losses = run["losses"]
@@ -243,13 +245,13 @@ def progress_line(run: str | None, steps: int, metrics: dict[str, Any]) -> str:
             f"{metrics['seconds']:.0f} s ETA {rate * (steps - done):.0f} s {extra}").rstrip()
 
 
-def psnr_model_on(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, float]]) -> float:
+def psnr_model_on(model: LIIF, pairs: list[tuple[torch.Tensor, torch.Tensor, float]]) -> float:
     """Mean benchmark Y-PSNR of ``model`` over (lr, hr, scale) pairs (for quick validation)."""
     from liif.infer import upscale
     from liif.metrics import psnr
 
     model.eval()
-    vals = [psnr(upscale(model, lr, size=tuple(hr.shape[-2:])), hr, scale=s, dataset="benchmark")
+    vals = [psnr(upscale(model, lr, size=(hr.shape[-2], hr.shape[-1])), hr, scale=s, dataset="benchmark")
             for lr, hr, s in pairs]
     model.train()
     finite = [v for v in vals if math.isfinite(v)]

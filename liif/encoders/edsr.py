@@ -16,6 +16,7 @@ class _MeanShift(nn.Conv2d):
     def __init__(self, sign: int, rgb_range: float = 1.0) -> None:
         super().__init__(3, 3, kernel_size=1)
         mean = torch.tensor([0.4488, 0.4371, 0.4040])
+        assert self.bias is not None  # Conv2d(bias=True)
         self.weight.data = torch.eye(3).view(3, 3, 1, 1)
         self.bias.data = sign * rgb_range * mean
         for p in self.parameters():

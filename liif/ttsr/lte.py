@@ -37,6 +37,7 @@ class MeanShift(nn.Conv2d):
     ) -> None:
         super().__init__(3, 3, kernel_size=1)
         std_t = torch.tensor(std) * rgb_range
+        assert self.bias is not None  # Conv2d(bias=True)
         with torch.no_grad():
             self.weight.copy_(torch.eye(3).view(3, 3, 1, 1) / std_t.view(3, 1, 1, 1))
             self.bias.copy_(-rgb_range * torch.tensor(mean) / std_t)
@@ -116,6 +117,7 @@ def load_vgg19_into(layers: nn.Module, sd: dict[str, torch.Tensor], source: str)
             if isinstance(module, nn.Conv2d):
                 idx = name.rsplit(".", 1)[-1]
                 module.weight.copy_(sd[f"features.{idx}.weight"])
+                assert module.bias is not None  # vgg19_layers' convs have biases
                 module.bias.copy_(sd[f"features.{idx}.bias"])
 
 
@@ -127,6 +129,10 @@ class LearnableTextureExtractor(nn.Module):
 
     Random init by default; ``vgg_weights`` initialises the convs from a local VGG19 file.
     """
+
+    slice1: nn.Sequential  # set by name from _LTE_SLICES in __init__
+    slice2: nn.Sequential
+    slice3: nn.Sequential
 
     def __init__(self, vgg_weights: str | Path | None = None, rgb_range: float = 1.0) -> None:
         super().__init__()

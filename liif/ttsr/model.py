@@ -29,7 +29,7 @@ class TTSROutput(NamedTuple):
 
     sr: torch.Tensor
     score: torch.Tensor
-    index: torch.Tensor
+    index: torch.Tensor  # type: ignore[assignment]  # the field shadows tuple.index (API name)
     textures: Textures
 
 
@@ -42,7 +42,7 @@ def parse_num_res_blocks(value: str | Sequence[int]) -> tuple[int, int, int, int
         raise ValueError(f"num_res_blocks must look like '16+16+8+4', got {value!r}") from exc
     if len(blocks) != 4 or min(blocks) < 0:
         raise ValueError(f"num_res_blocks needs 4 non-negative counts, got {value!r}")
-    return blocks  # type: ignore[return-value]
+    return blocks
 
 
 class TTSR(nn.Module):

@@ -35,7 +35,7 @@ class SearchResult(NamedTuple):
     """
 
     score: torch.Tensor
-    index: torch.Tensor
+    index: torch.Tensor  # type: ignore[assignment]  # the field shadows tuple.index (API name)
 
 
 def _check_pair(q: torch.Tensor, k: torch.Tensor) -> None:

@@ -15,7 +15,7 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -469,7 +469,9 @@ def plan_tiles(
     chunk: int | tuple[int, int] | None = None,
 ) -> TilePlan:
     """Plan chunk-aligned output tiles and their input windows; ``chunk`` defaults to ``tile``."""
-    return TilePlan(in_shape, out_shape, tile, halo, tile if chunk is None else chunk)
+    # TilePlan.__post_init__ validates the sizes and broadcasts a scalar to a pair
+    return TilePlan(in_shape, out_shape, cast("tuple[int, int]", tile), halo,
+                    cast("tuple[int, int]", tile if chunk is None else chunk))
 
 
 def default_tile_for(
