@@ -339,7 +339,7 @@ def _crs_key(wkt: str) -> str:
         from rasterio.crs import CRS
 
         return CRS.from_user_input(wkt).to_string()
-    except Exception:  # noqa: BLE001 - fall back to the text itself
+    except Exception:
         return wkt
 
 

@@ -52,7 +52,7 @@ def _crs_name(wkt: str) -> str:
 
     try:
         return CRS.from_user_input(wkt).to_string()
-    except Exception:  # noqa: BLE001 - only for the message
+    except Exception:
         return wkt[:60]
 
 
