@@ -8,7 +8,6 @@ output pixels in the global frame, which makes tiled output equal to whole-image
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,6 +17,8 @@ from pipeline.errors import ConfigError
 from pipeline.geometry.affine import scaled_transform
 from pipeline.geometry.tiling import (
     Tile,
+    TilePlan,
+    balanced_plan,
     check_output_size,
     default_tile_for,
     out_size_for_scale,
@@ -71,7 +72,8 @@ class TileWorker(BaseTileWorker):
 
     job: LiifTileJob
 
-    def infer(self, tile: Tile, unit: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    def infer(self, tile: Tile, unit: np.ndarray, more: Any = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
         import torch
 
         from liif.infer import decode, normalize
@@ -100,6 +102,14 @@ def _model_info(model_ref: str) -> tuple[dict[str, Any], int, str]:
         raise ConfigError(f"model {model_ref!r} ({model.spec['name']}) is not a LIIF model; "
                           "reference-based models need --reference")
     return model.spec, int(model.halo), file_sha256(path)
+
+
+def plan_summary(tiles: TilePlan) -> int | list[int]:
+    """The tile side of a plan for summaries and fingerprints: one number when square and
+    uniform, else ``[rows, cols]`` of the largest tile (balanced plans hold explicit starts,
+    which the fingerprint records too)."""
+    th, tw = tiles.tile_shape
+    return th if th == tw and tiles.starts is None else [th, tw]
 
 
 def base_attrs(cfg: Any, info: SourceInfo, out_shape: tuple[int, int],
@@ -136,19 +146,19 @@ def prepare(cfg: UpscaleConfig) -> JobPlan:
     grid = cfg.grid
     spec, halo, sha = _model_info(cfg.model)
     sy, sx = scale_of((h, w), out_shape)
-    tile = cfg.tile
-    if tile is None:
-        tile = default_tile_for(halo, (sy, sx), chunk=grid)
-        # keep at least two tiles per worker where the output allows it (parallelism)
-        while tile > grid and math.ceil(out_shape[0] / tile) * math.ceil(out_shape[1] / tile) \
-                < 2 * cfg.workers:
-            tile -= grid
-    tiles = plan_tiles((h, w), out_shape, tile=tile, halo=halo, chunk=grid)
+    if cfg.tile is None:  # near-equal tiles, at least two per worker where the image allows
+        tiles = balanced_plan((h, w), out_shape, max_tile=default_tile_for(halo, (sy, sx),
+                                                                           chunk=grid),
+                              halo=halo, grid=grid, workers=cfg.workers)
+    else:
+        tiles = plan_tiles((h, w), out_shape, tile=cfg.tile, halo=halo, chunk=grid)
+    tile = plan_summary(tiles)
     attrs = base_attrs(cfg, info, out_shape, (sy, sx), vr,
                        {**spec, "weights_sha256": sha, "ref": cfg.model})
     attrs["job"] = {"source": cfg.source.uri, "bands": list(cfg.source.bands or []),
                     "in_shape": [h, w], "out_shape": list(out_shape), "weights_sha256": sha,
-                    "value_range": list(vr), "tile": tile, "precision": cfg.precision}
+                    "value_range": list(vr), "tile": tile, "precision": cfg.precision,
+                    "starts": [list(s) for s in tiles.starts] if tiles.starts else None}
     attrs["input_identity"] = {"input": info.identity}
     return JobPlan(bands=C, in_shape=(h, w), out_shape=out_shape, dtype=info.dtype,
                    nodata=info.nodata, value_range=vr, tiles=tiles, tile=tile, halo=halo,

@@ -33,7 +33,8 @@ class NearestWorker(BaseTileWorker):
     def load_model(self) -> None:
         return None
 
-    def infer(self, tile: Tile, unit: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    def infer(self, tile: Tile, unit: np.ndarray, more: Any = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
         iw, ow = tile.in_window, tile.out_window
         rows = np.arange(ow.row0, ow.row1) // 2 - iw.row0
         cols = np.arange(ow.col0, ow.col1) // 2 - iw.col0

@@ -34,6 +34,8 @@ __all__ = [
     "TilingError",
     "Window",
     "check_output_size",
+    "balanced_plan",
+    "balanced_starts",
     "default_tile_for",
     "input_range",
     "out_size_for_scale",
@@ -347,6 +349,8 @@ class TilePlan:
     tile_shape: tuple[int, int]
     halo: int
     chunk_shape: tuple[int, int]
+    #: explicit tile starts per axis (multiples of the chunk, from 0); None: every tile_shape
+    starts: tuple[tuple[int, ...], tuple[int, ...]] | None = None
     _axes: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]] = field(
         init=False, repr=False, compare=False
     )
@@ -367,14 +371,35 @@ class TilePlan:
                     f"tile {t} is not a multiple of chunk {c} "
                     f"(tile={self.tile_shape}, chunk={self.chunk_shape})"
                 )
+        if self.starts is not None:
+            set_(self, "starts", tuple(tuple(int(v) for v in s) for s in self.starts))
+            self._check_starts()
         axes = []
-        for n_in, n_out, t in zip(self.in_shape, self.out_shape, self.tile_shape, strict=True):
-            starts = np.arange(0, n_out, t, dtype=np.int64)
-            stops = np.minimum(starts + t, n_out)
+        for axis, (n_in, n_out, t) in enumerate(
+                zip(self.in_shape, self.out_shape, self.tile_shape, strict=True)):
+            if self.starts is None:
+                starts = np.arange(0, n_out, t, dtype=np.int64)
+                stops = np.minimum(starts + t, n_out)
+            else:
+                starts = np.asarray(self.starts[axis], dtype=np.int64)
+                stops = np.append(starts[1:], n_out)
             a0, a1 = _axis_ranges(n_in, n_out, starts, stops, self.halo)
             useful = _axis_useful(n_in, n_out, starts, stops)
             axes.append((starts, stops, a0, a1, useful))
         set_(self, "_axes", (tuple(axes[0]), tuple(axes[1])))
+
+    def _check_starts(self) -> None:
+        assert self.starts is not None
+        if len(self.starts) != 2:
+            raise InvalidParameterError(f"starts must give two axes, got {self.starts!r}")
+        for axis, (s, n_out, t, c) in enumerate(zip(self.starts, self.out_shape, self.tile_shape,
+                                                    self.chunk_shape, strict=True)):
+            sizes = np.diff(np.append(np.asarray(s, dtype=np.int64), n_out))
+            if not s or s[0] != 0 or any(v % c for v in s) or (sizes <= 0).any() \
+                    or sizes.max() > t:
+                raise TileSizeError(
+                    f"tile starts {s} of axis {axis} must begin at 0, increase, be multiples "
+                    f"of the chunk {c} and give tiles of at most {t} of the {n_out} pixels")
 
     @property
     def grid_shape(self) -> tuple[int, int]:
@@ -434,19 +459,22 @@ class TilePlan:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the parameters; tiles are recomputed on load)."""
-        return {
+        out: dict[str, Any] = {
             "in_shape": list(self.in_shape),
             "out_shape": list(self.out_shape),
             "tile_shape": list(self.tile_shape),
             "halo": self.halo,
             "chunk_shape": list(self.chunk_shape),
         }
+        if self.starts is not None:
+            out["starts"] = [list(s) for s in self.starts]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TilePlan:
         """Inverse of :meth:`to_dict`."""
         expected = {"in_shape", "out_shape", "tile_shape", "halo", "chunk_shape"}
-        if not isinstance(data, Mapping) or set(data) != expected:
+        if not isinstance(data, Mapping) or not expected <= set(data) <= expected | {"starts"}:
             got = sorted(data) if isinstance(data, Mapping) else data
             raise InvalidParameterError(
                 f"tile plan dict needs keys {sorted(expected)}, got {got!r}"
@@ -457,6 +485,7 @@ class TilePlan:
             tuple(data["tile_shape"]),
             data["halo"],
             tuple(data["chunk_shape"]),
+            (tuple(data["starts"][0]), tuple(data["starts"][1])) if data.get("starts") else None,
         )
 
 
@@ -512,6 +541,51 @@ def default_tile_for(
         if fy * fx >= target_useful:
             return t
     return limit
+
+
+def balanced_starts(n_out: int, n_tiles: int, grid: int) -> tuple[int, ...]:
+    """Starts of ``n_tiles`` tiles over ``n_out`` pixels on a ``grid``: whole grid cells, the
+    tile sides differing by at most one grid (the larger tiles go last, so the image's partial
+    last cell shortens a large one)."""
+    cells = -(-n_out // grid)
+    n = max(1, min(n_tiles, cells))
+    base, extra = divmod(cells, n)
+    starts, at = [], 0
+    for i in range(n):
+        starts.append(at * grid)
+        at += base + (1 if i >= n - extra else 0)
+    return tuple(starts)
+
+
+def balanced_plan(
+    in_shape: tuple[int, int],
+    out_shape: tuple[int, int],
+    *,
+    max_tile: int,
+    halo: int,
+    grid: int,
+    workers: int = 1,
+    tiles_per_worker: int = 2,
+) -> TilePlan:
+    """A plan of near-equal tiles: per axis the fewest tiles of at most ``max_tile`` (a
+    multiple of ``grid``), each a whole number of grid cells differing by at most one cell (no
+    slivers); then axes are split further, the one with the larger tiles first, until there are
+    ``tiles_per_worker * workers`` tiles or every tile is one grid cell."""
+    H, W = _as_shape("out_shape", out_shape)
+    grid = _as_int("grid", grid, 1, TileSizeError)
+    max_cells = max(1, _as_int("max_tile", max_tile, 1, TileSizeError) // grid)
+    cells = [-(-H // grid), -(-W // grid)]
+    n = [-(-c // max_cells) for c in cells]
+    want = max(1, tiles_per_worker * max(1, workers))
+    while n[0] * n[1] < want and (n[0] < cells[0] or n[1] < cells[1]):
+        sides = [cells[a] / n[a] if n[a] < cells[a] else 0 for a in (0, 1)]
+        n[0 if sides[0] >= sides[1] else 1] += 1
+    starts = (balanced_starts(H, n[0], grid), balanced_starts(W, n[1], grid))
+    tile = tuple(max(int(np.diff(np.append(s, N)).max()), grid) if len(s) else grid
+                 for s, N in zip(starts, (H, W), strict=True))
+    tile = tuple(-(-t // grid) * grid for t in tile)
+    return TilePlan(in_shape, out_shape, cast("tuple[int, int]", tile), halo, (grid, grid),
+                    starts)
 
 
 def check_output_size(out_shape: tuple[int, int], limit: int) -> None:

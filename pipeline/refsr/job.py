@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import BandSelectionError, ConfigError, InputNotFoundError
-from pipeline.geometry.tiling import Tile, Window, check_output_size, plan_tiles
+from pipeline.geometry.tiling import Tile, Window, balanced_plan, check_output_size, plan_tiles
 from pipeline.io.sources import SourceSpec, open_source, probe_source
 from pipeline.io.values import default_value_range, merge_groups, parse_value_range
 from pipeline.io.zarr_output import ZarrOutput
@@ -118,16 +118,22 @@ class RefTileWorker(BaseTileWorker):
             fit = max(1, self.job.search_bytes // (8 * max(1, n_query)))
             self.model.search_chunk = min(self.max_search_chunk, fit)
 
-    def infer(self, tile: Tile, unit: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    def read_more(self, tile: Tile) -> tuple[Window, np.ndarray, str]:
+        """The reference window this tile searches: ``(window, filled unit values, digest)``."""
+        rw = self.ref_window(tile)
+        ref_raw = self.reference.read((rw.row0, rw.row1), (rw.col0, rw.col1))
+        ref_unit, _ = read_unit(self.reference, rw, self.job.ref_value_range,
+                                self.reference.nodata, ref_raw)
+        return rw, ref_unit, raw_digest(ref_raw)
+
+    def infer(self, tile: Tile, unit: np.ndarray, more: Any = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
         import torch
 
         from liif.ttsr import reference_upscale
 
-        job, iw, ow = self.job, tile.in_window, tile.out_window
-        rw = self.ref_window(tile)
-        ref_raw = self.reference.read((rw.row0, rw.row1), (rw.col0, rw.col1))
-        ref_unit, _ = read_unit(self.reference, rw, job.ref_value_range, self.reference.nodata,
-                                ref_raw)
+        iw, ow = tile.in_window, tile.out_window
+        rw, ref_unit, ref_digest = more if more is not None else self.read_more(tile)
         lr = _unit_tensor(unit, self.device)
         ref = _unit_tensor(ref_unit, self.device)
         self._set_search_chunk(iw.size)
@@ -138,7 +144,7 @@ class RefTileWorker(BaseTileWorker):
             sr = reference_upscale(self.model, lr[list(g)], ref[list(g)])  # (3, 4h, 4w)
             outs.append(sr[:, r0:r0 + th, c0:c0 + tw].to(torch.float32).cpu().numpy())
         merged = merge_groups(outs, self.groups, tuple(range(self.source.shape[0])))
-        return merged, {"ref_window": rw.to_dict(), "inputs": {"reference": raw_digest(ref_raw)}}
+        return merged, {"ref_window": rw.to_dict(), "inputs": {"reference": ref_digest}}
 
     def input_digests(self, tile: Tile) -> dict[str, str]:
         rw = self.ref_window(tile)
@@ -242,7 +248,7 @@ def _model_info(model_ref: str) -> tuple[dict[str, Any], int, str]:
 def prepare_refsr(cfg: RefSRConfig) -> RefJobPlan:
     """Validate the job (input, reference, alignment, model, output size) and plan it; writes
     nothing. The model loads last."""
-    from pipeline.upscale import base_attrs
+    from pipeline.upscale import base_attrs, plan_summary
 
     info = probe_source(cfg.source)
     C, h, w = info.shape
@@ -270,8 +276,13 @@ def prepare_refsr(cfg: RefSRConfig) -> RefJobPlan:
     rvr = parse_value_range(cfg.ref_value_range or default_value_range(ref.dtype))
     grid = cfg.grid
     spec, halo, sha = _model_info(cfg.model)
-    tile = cfg.tile or default_ref_tile(halo, cfg.ref_margin, grid, in_shape=(h, w))
-    tiles = plan_tiles((h, w), out_shape, tile=tile, halo=halo, chunk=grid)
+    if cfg.tile is None:  # near-equal tiles no larger than the cost-optimal side
+        tiles = balanced_plan((h, w), out_shape, halo=halo, grid=grid, workers=cfg.workers,
+                              max_tile=default_ref_tile(halo, cfg.ref_margin, grid,
+                                                        in_shape=(h, w)))
+    else:
+        tiles = plan_tiles((h, w), out_shape, tile=cfg.tile, halo=halo, chunk=grid)
+    tile = plan_summary(tiles)
     full = alignment.full_window()
     global_search = all(
         alignment.ref_window(*tile_footprint(t), cfg.ref_margin) == full for t in tiles.tiles())
@@ -287,7 +298,8 @@ def prepare_refsr(cfg: RefSRConfig) -> RefJobPlan:
                 "reference": {k: ref_info[k] for k in
                               ("uri", "bands", "shape", "value_range", "margin", "alignment")},
                 "in_shape": [h, w], "out_shape": list(out_shape), "weights_sha256": sha,
-                "value_range": list(vr), "tile": tile, "precision": cfg.precision},
+                "value_range": list(vr), "tile": tile, "precision": cfg.precision,
+                "starts": [list(s) for s in tiles.starts] if tiles.starts else None},
         "input_identity": {"input": info.identity, "reference": ref.identity},
     })
     return RefJobPlan(bands=C, in_shape=(h, w), out_shape=out_shape, dtype=info.dtype,

@@ -180,9 +180,8 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
     records, verify_inputs = _trusted_records(cfg, out, plan) if cfg.resume else ({}, False)
     tiles = plan.tiles.tiles()
     work = [(t, records.get(t.key)) for t in tiles]
-    job = family.make_job(cfg, plan, out)
-    if verify_inputs:
-        job = replace(job, verify_inputs=True)
+    job = replace(family.make_job(cfg, plan, out), depth=cfg.depth,
+                  verify_inputs=verify_inputs)
     executor = executor_factory(cfg, job, family.worker_cls)
     progress = Progress(len(tiles), H * W, stream=sys.stderr if cfg.progress else None)
     try:
@@ -218,6 +217,10 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
         "tiles_verified": verified, "tiles_redone": sum(1 for r in fresh if r.get("redone")),
         "nodata_pixels": sum(int(r.get("nodata_pixels", 0)) for r in fresh),
         "nudged_values": sum(int(r.get("nudged", 0)) for r in fresh),
+        # seconds summed over the tiles of this run (stages overlap, so they exceed the wall time)
+        "stage_seconds": {k: round(sum(float(r.get(f"{k}_s", 0.0)) for r in fresh), 3)
+                          for k in ("read", "compute", "write", "wait")},
+        "tiles_in_flight_per_worker": cfg.depth,
         "tile": plan.tile, "halo": plan.halo,
         "useful_fraction": plan.tiles.stats()["useful_fraction"],
         "output_mpx": round(H * W / 1e6, 3), "seconds": round(progress.seconds, 3),

@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import concurrent.futures as cf
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 from pipeline.geometry.tiling import Tile
@@ -30,27 +31,67 @@ class Executor(Protocol):
 
 
 class InProcessExecutor:
-    """Runs tiles one after another with a single worker in this process (notebooks, GPU
-    benchmarks without Ray, tests)."""
+    """One worker in this process (notebooks, GPU benchmarks without Ray, tests), fed from
+    ``job.depth`` threads so that reads and writes overlap the model step; at most ``depth``
+    tiles are in flight. ``depth == 1`` is the plain sequential loop."""
 
     name = "in-process"
 
     def __init__(self, job: TileJob, worker_cls: type[Worker]) -> None:
         self.worker = worker_cls(job)
+        self.depth = max(1, int(getattr(job, "depth", 1) or 1))
 
     def run(self, work: Iterable[WorkItem], progress: Progress, *, lease: Any = None
             ) -> list[dict[str, Any]]:
-        records = []
-        for tile, trusted in work:
-            if lease is not None:
-                lease.check()
-            rec = self.worker.process(tile, trusted)
-            progress.update(rec["out_pixels"], verified=bool(rec.get("verified")))
-            records.append(rec)
-        return records
+        items = iter(work)
+        if self.depth == 1:
+            records = []
+            for tile, trusted in items:
+                if lease is not None:
+                    lease.check()
+                rec = self.worker.process(tile, trusted)
+                progress.update(rec["out_pixels"], verified=bool(rec.get("verified")))
+                records.append(rec)
+            return records
+        return _run_threaded(self.worker, items, self.depth, progress, lease)
 
     def close(self) -> None:
         self.worker.close()
+
+
+def _run_threaded(worker: Worker, items: Iterator[WorkItem], depth: int, progress: Progress,
+                  lease: Any) -> list[dict[str, Any]]:
+    """``worker.process`` on at most ``depth`` items at once; records in completion order. The
+    first error stops new submissions and is raised after the running ones finish."""
+    records: list[dict[str, Any]] = []
+    with cf.ThreadPoolExecutor(max_workers=depth, thread_name_prefix="tile") as pool:
+        pending: set[cf.Future[dict[str, Any]]] = set()
+        failure: BaseException | None = None
+        exhausted = False
+        while pending or not exhausted:
+            while not exhausted and failure is None and len(pending) < depth:
+                item = next(items, None)
+                if item is None:
+                    exhausted = True
+                    break
+                if lease is not None:
+                    lease.check()
+                pending.add(pool.submit(worker.process, *item))
+            if not pending:
+                break
+            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                try:
+                    rec = fut.result()
+                except BaseException as exc:  # re-raised below, the first one wins
+                    failure = failure or exc
+                    exhausted = True
+                    continue
+                progress.update(rec["out_pixels"], verified=bool(rec.get("verified")))
+                records.append(rec)
+        if failure is not None:
+            raise failure
+    return records
 
 
 def make_executor(cfg: Any, job: TileJob, worker_cls: type[Worker]) -> Executor:

@@ -32,8 +32,11 @@ class ExecutionOptions:
     threads_per_worker: int | None = None
     ray_address: str | None = None
     progress: bool = True
+    depth: int = 3  # tiles a worker holds at once (1 computing, the rest reading/writing)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.depth, int) or isinstance(self.depth, bool) or self.depth < 1:
+            raise ConfigError(f"tiles in flight per worker {self.depth!r} must be an integer >= 1")
         if self.executor not in EXECUTORS:
             raise ConfigError(f"executor {self.executor!r} is not one of 'ray', 'in-process'")
         if self.workers < 1:

@@ -42,14 +42,20 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 class RayExecutor:
-    """``workers`` actors; ``gpus_per_worker`` > 0 puts each on a GPU share, else CPU threads."""
+    """``workers`` actors; ``gpus_per_worker`` > 0 puts each on a GPU share, else CPU threads.
+
+    Each actor is a threaded actor running up to ``job.depth`` tiles at once (its reads and
+    writes overlap its model step, see :class:`pipeline.run.worker.BaseTileWorker`). Tiles go
+    to the actor with the most free capacity (``ray.wait`` on any finished tile), never more
+    than ``depth`` per actor, so a slow or restarting actor does not hold a queue while others
+    idle, and a restarted actor gets work as soon as it finishes its retried tiles.
+    """
 
     name = "ray"
 
     def __init__(self, job: TileJob, *, workers: int, gpus_per_worker: float = 0.0,
-                 cpus_per_worker: float | None = None, in_flight_per_worker: int = 2,
-                 max_restarts: int = 3, max_task_retries: int = 3,
-                 worker_cls: type[Worker]) -> None:
+                 cpus_per_worker: float | None = None, max_restarts: int = 3,
+                 max_task_retries: int = 3, worker_cls: type[Worker]) -> None:
         import ray
 
         if workers < 1:
@@ -57,11 +63,11 @@ class RayExecutor:
         threads = job.threads
         if cpus_per_worker is None:
             cpus_per_worker = 1.0 if gpus_per_worker else float(threads or 1)
+        self.depth = max(1, int(getattr(job, "depth", 1) or 1))
         remote_cls = ray.remote(worker_cls).options(
             num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=max_restarts,
-            max_task_retries=max_task_retries)
+            max_task_retries=max_task_retries, max_concurrency=self.depth)
         self.actors = [remote_cls.remote(job) for _ in range(workers)]
-        self.in_flight = in_flight_per_worker * workers
         self._ray = ray
 
     def pids(self) -> list[int]:
@@ -69,24 +75,28 @@ class RayExecutor:
 
     def run(self, work: Iterable[tuple[Tile, dict[str, Any] | None]], progress: Progress, *,
             lease: Any = None) -> list[dict[str, Any]]:
-        """Feed ``(tile, trusted record or None)`` items to the actors, at most ``in_flight`` at
-        a time; a worker's PipelineError (a corrupt input, say) is raised here as itself."""
+        """Feed ``(tile, trusted record or None)`` items to the actors with free capacity; a
+        worker's PipelineError (a corrupt input, say) is raised here as itself."""
         ray = self._ray
         from ray.exceptions import RayTaskError
 
-        queue, pending, records = deque(work), {}, []
-        turn = 0
+        queue: deque[tuple[Tile, dict[str, Any] | None]] = deque(work)
+        load = [0] * len(self.actors)
+        pending: dict[Any, int] = {}
+        records = []
         while queue or pending:
             if lease is not None:
                 lease.check()
-            while queue and len(pending) < self.in_flight:
+            while queue:
+                free = min(range(len(load)), key=lambda i: load[i])
+                if load[free] >= self.depth:
+                    break
                 tile, trusted = queue.popleft()
-                actor = self.actors[turn % len(self.actors)]
-                turn += 1
-                pending[actor.process.remote(tile, trusted)] = tile
+                pending[self.actors[free].process.remote(tile, trusted)] = free
+                load[free] += 1
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
-                pending.pop(ref)
+                load[pending.pop(ref)] -= 1
                 try:
                     rec = ray.get(ref)
                 except RayTaskError as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -52,6 +53,8 @@ class TileJob:
     device: str | None = None
     threads: int | None = None
     verify_inputs: bool = False  # on resume: also check each finished tile's input windows
+    depth: int = 3  # tiles a worker holds at once: one computing, the others reading/writing
+    zarr_concurrency: int | None = 8  # zarr async operations per worker process
     fail_after: int | None = field(default=None, compare=False)  # test hook: crash after N tiles
     tile_delay: float = field(default=0.0, compare=False)  # test hook: seconds of sleep per tile
 
@@ -114,7 +117,14 @@ def read_unit(source: Source, window: Window, value_range: tuple[float, float],
 class BaseTileWorker:
     """Hosts one model; ``process(tile)`` computes one tile and returns a small record.
 
-    Subclasses load their model in :meth:`load_model` and decode a window in :meth:`infer`.
+    Subclasses load their model in :meth:`load_model`, may read more inputs for a tile in
+    :meth:`read_more` (TTSR: its reference window), and decode a window in :meth:`infer`.
+
+    ``process`` is thread-safe and the executors call it from ``job.depth`` threads at once:
+    reading the next tiles' input windows and writing finished tiles' chunks happen while
+    the model computes, and only the model step is serialised (one model, one device). A
+    worker then holds at most ``depth`` tiles: ``depth x (input window + output tile)`` bytes
+    plus the model's activations for one tile.
     """
 
     def __init__(self, job: TileJob) -> None:
@@ -130,6 +140,9 @@ class BaseTileWorker:
         self.groups = band_groups(self.source.shape[0])
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.done = 0
+        self._compute_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        _configure_zarr(job.zarr_concurrency)
 
     def load_model(self) -> Any:
         from liif import load_model
@@ -142,26 +155,49 @@ class BaseTileWorker:
     def close(self) -> None:
         self.source.close()
 
-    def infer(self, tile: Tile, unit: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    def read_more(self, tile: Tile) -> Any:
+        """Family-specific inputs of ``tile`` read before the model step (default none); the
+        result is passed to :meth:`infer`."""
+        return None
+
+    def infer(self, tile: Tile, unit: np.ndarray, more: Any = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
         """The tile's output in [0, 1] ``(C, th, tw)`` float from its filled input window
-        ``unit (C, ih, iw)``, plus extra record fields."""
+        ``unit (C, ih, iw)`` (and :meth:`read_more`'s ``more``), plus extra record fields."""
         raise NotImplementedError
 
     def upscale_window(self, tile: Tile) -> np.ndarray:
         """The output of ``tile`` ``(C, th, tw)`` in the output dtype, nodata applied."""
-        return self._compute(tile)[0]
+        return self._finish(tile, *self._infer(tile, self._read(tile)))[0]
 
     def input_digests(self, tile: Tile) -> dict[str, str]:
         """Digests of the input windows ``tile`` reads now (compared with its record's)."""
         iw = tile.in_window
         return {"input": raw_digest(self.source.read((iw.row0, iw.row1), (iw.col0, iw.col1)))}
 
-    def _compute(self, tile: Tile) -> tuple[np.ndarray, dict[str, Any]]:
-        job, iw, ow = self.job, tile.in_window, tile.out_window
+    def _read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray, str, Any]:
+        """Stage 1 (I/O): ``(unit, invalid, input digest, more)``."""
+        job, iw = self.job, tile.in_window
         raw = self.source.read((iw.row0, iw.row1), (iw.col0, iw.col1))
         unit, invalid = read_unit(self.source, iw, job.value_range, job.nodata, raw)
-        merged, extra = self.infer(tile, unit)
-        extra["inputs"] = {"input": raw_digest(raw), **extra.pop("inputs", {})}
+        return unit, invalid, raw_digest(raw), self.read_more(tile)
+
+    def _infer(self, tile: Tile, read: tuple[np.ndarray, np.ndarray, str, Any]
+               ) -> tuple[np.ndarray, np.ndarray, str, dict[str, Any]]:
+        """Stage 2 (the model, one tile at a time)."""
+        unit, invalid, digest, more = read
+        t0 = time.perf_counter()
+        with self._compute_lock:
+            t1 = time.perf_counter()
+            merged, extra = self.infer(tile, unit, more)
+        extra["wait_s"] = round(t1 - t0, 4)  # waiting for the model (busy with another tile)
+        return merged, invalid, digest, extra
+
+    def _finish(self, tile: Tile, merged: np.ndarray, invalid: np.ndarray, digest: str,
+                extra: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+        """Stage 2b: output dtype, nodata mask, nudge off nodata."""
+        job, iw, ow = self.job, tile.in_window, tile.out_window
+        extra["inputs"] = {"input": digest, **extra.pop("inputs", {})}
         data = from_unit(merged, np.dtype(job.out_dtype), job.value_range)
         bad = np.zeros(ow.shape, dtype=bool)
         if invalid.any():
@@ -175,6 +211,7 @@ class BaseTileWorker:
         return data, extra
 
     def _write(self, tile: Tile, data: np.ndarray) -> dict[str, str]:
+        """Stage 3 (I/O): whole chunks (shards) of the tile; their digests."""
         ow = tile.out_window
         rows, cols = (ow.row0, ow.row1), (ow.col0, ow.col1)
         try:
@@ -185,32 +222,55 @@ class BaseTileWorker:
                 raise
             return self.output.write(rows, cols, data)
 
-    def process(self, tile: Tile, trusted: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Compute, write and record ``tile``; with ``trusted`` (its record from an earlier
-        run), first verify its stored chunks and return that record when they match."""
-        t0 = time.perf_counter()
+    def _verified(self, tile: Tile, trusted: dict[str, Any]) -> bool:
         ow = tile.out_window
-        if trusted is not None:
-            digests = trusted.get("digests")
-            bad = (self.output.verify((ow.row0, ow.row1), (ow.col0, ow.col1), digests)
-                   if isinstance(digests, dict) and digests else ["<no digests recorded>"])
-            if not bad and self.job.verify_inputs:
-                # the input changed since this tile was made: keep it only if what it read did not
-                bad = [] if self.input_digests(tile) == trusted.get("inputs") else ["<input>"]
-            if not bad:
-                return {**trusted, "out_pixels": ow.size, "verified": True}
+        digests = trusted.get("digests")
+        bad = (self.output.verify((ow.row0, ow.row1), (ow.col0, ow.col1), digests)
+               if isinstance(digests, dict) and digests else ["<no digests recorded>"])
+        if not bad and self.job.verify_inputs:
+            # the input changed since this tile was made: keep it only if what it read did not
+            bad = [] if self.input_digests(tile) == trusted.get("inputs") else ["<input>"]
+        if bad:
             self.output.manifest.forget(tile.key)
             self.output.clear((ow.row0, ow.row1), (ow.col0, ow.col1))
-        data, extra = self._compute(tile)
+        return not bad
+
+    def process(self, tile: Tile, trusted: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Compute, write and record ``tile``; with ``trusted`` (its record from an earlier
+        run), first verify its stored chunks and return that record when they match. The
+        record holds the stage times ``read_s``, ``compute_s``, ``write_s`` and ``wait_s`` (time
+        spent waiting for the model while it computed another tile)."""
+        t0 = time.perf_counter()
+        ow = tile.out_window
+        if trusted is not None and self._verified(tile, trusted):
+            return {**trusted, "out_pixels": ow.size, "verified": True}
+        read = self._read(tile)
+        t1 = time.perf_counter()
+        data, extra = self._finish(tile, *self._infer(tile, read))
+        t2 = time.perf_counter()
         digests = self._write(tile, data)
         if self.job.tile_delay:
             time.sleep(self.job.tile_delay)
-        seconds = time.perf_counter() - t0
-        record = {"key": tile.key, "out_window": ow.to_dict(), "seconds": round(seconds, 4),
-                  "worker": self.name, "out_pixels": ow.size, "in_pixels": tile.in_window.size,
-                  **extra, "digest": "blake2b-128", "digests": digests}
+        t3 = time.perf_counter()
+        compute = t2 - t1 - float(extra.get("wait_s", 0.0))
+        record = {"key": tile.key, "out_window": ow.to_dict(), "seconds": round(t3 - t0, 4),
+                  "read_s": round(t1 - t0, 4), "compute_s": round(compute, 4),
+                  "write_s": round(t3 - t2, 4), "worker": self.name, "out_pixels": ow.size,
+                  "in_pixels": tile.in_window.size, **extra, "digest": "blake2b-128",
+                  "digests": digests}
         self.output.manifest.mark_done(tile.key, record)
-        self.done += 1
-        if self.job.fail_after is not None and self.done >= self.job.fail_after:
+        with self._count_lock:
+            self.done += 1
+            crash = self.job.fail_after is not None and self.done >= self.job.fail_after
+        if crash:
             os._exit(17)  # simulate a crash after the tile is written (tests only)
         return {**record, "redone": trusted is not None}
+
+
+def _configure_zarr(concurrency: int | None) -> None:
+    """Bound zarr's async operations in this process (zarr 3.1.4 raised its default to 64,
+    which N workers per node multiply)."""
+    if concurrency:
+        import zarr
+
+        zarr.config.set({"async.concurrency": int(concurrency)})
