@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", metavar="URI",
                    help="image folders, GeoTIFF/COG, zarr arrays, globs; local or fsspec URLs")
-    p.add_argument("--output", help="output directory or fsspec URL (manifest.json + shards/)")
+    p.add_argument("--output", help="output directory or fsspec URL: shards/*.parquet + "
+                   "_manifest.json, a Parquet dataset as it is (pyarrow, pandas, Ray Data)")
     p.add_argument("--patch", type=int, default=192, help="HR patch side in source pixels")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--stride", type=int, default=None, help="grid stride (default: --patch)")

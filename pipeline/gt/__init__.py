@@ -25,24 +25,32 @@ Determinism
 
 Output (local directory or fsspec URL)::
 
-    <output>/manifest.json           config, sources, finished shards, counts
+    <output>/_manifest.json          config, sources, finished shards, counts
     <output>/shards/part-00000.parquet
 
+The folder is a plain Parquet dataset: ``pyarrow.dataset.dataset(output)`` and
+``pandas.read_parquet(output)`` skip names starting with ``_`` or ``.`` (the manifest, like Spark's
+``_SUCCESS``, and the writers' hidden ``.<name>.<hex>.tmp`` files), ``ray.data.read_parquet(output)``
+reads only ``*.parquet`` files; all three read the folder as it is (a run still in progress gives
+the shards finished so far; :func:`shard_paths` lists only those the manifest marks done).
+
 A shard is written under a temporary name and renamed (one PUT on object stores), then the
-driver, the only writer of ``manifest.json``, marks it done; a rerun with ``resume=True`` skips
+driver, the only writer of ``_manifest.json``, marks it done; a rerun with ``resume=True`` skips
 marked shards (and refuses a changed config or input list). A non-empty output is refused unless
-``resume`` or ``overwrite``; ``overwrite`` only replaces a previous GT output (``manifest.json`` and
-``shards/``), never a folder holding other files.
+``resume`` or ``overwrite``; ``overwrite`` only replaces a previous GT output (``_manifest.json``
+and ``shards/``), never a folder holding other files. Outputs written before the rename carry
+``manifest.json``: it is read when ``_manifest.json`` is absent (reading, resume, the overwrite
+marker), and a resumed output gets ``_manifest.json`` in its place.
 
 Columns: see :data:`SCHEMA`; arrays are raw C-order bytes plus shape and dtype
-(:func:`decode_array`). ``ray.data.read_parquet(shard_paths(output))`` reads them.
+(:func:`decode_array`). ``ray.data.read_parquet(shard_paths(output))`` reads the finished shards.
 """
 
-from pipeline.gt.config import FORMAT, MANIFEST, SCHEMA, SHARD_DIR, GTConfig
+from pipeline.gt.config import FORMAT, LEGACY_MANIFEST, MANIFEST, SCHEMA, SHARD_DIR, GTConfig
 from pipeline.gt.job import check_gt_paths, make_gt
 from pipeline.gt.sampling import expand_inputs, grid_windows
 from pipeline.gt.shards import decode_array, pairs_from_batch, read_manifest, shard_paths
 
-__all__ = ["FORMAT", "MANIFEST", "SCHEMA", "SHARD_DIR", "GTConfig", "check_gt_paths",
-           "decode_array", "expand_inputs", "grid_windows", "make_gt", "pairs_from_batch",
-           "read_manifest", "shard_paths"]
+__all__ = ["FORMAT", "LEGACY_MANIFEST", "MANIFEST", "SCHEMA", "SHARD_DIR", "GTConfig",
+           "check_gt_paths", "decode_array", "expand_inputs", "grid_windows", "make_gt",
+           "pairs_from_batch", "read_manifest", "shard_paths"]

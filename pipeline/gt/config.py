@@ -16,7 +16,12 @@ import pyarrow as pa
 from pipeline.errors import ConfigError
 
 FORMAT = "liif-gt/1"
-MANIFEST = "manifest.json"
+# The manifest's name starts with "_" so that pyarrow.dataset and pandas skip it (they ignore
+# names starting with "_" or ".", as Spark's _SUCCESS) and read the output folder as a dataset;
+# Ray Data reads only *.parquet files (its default file_extensions) either way.
+MANIFEST = "_manifest.json"
+# Its name in outputs written before: still read (resume, overwrite marker), replaced on resume.
+LEGACY_MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 _ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")

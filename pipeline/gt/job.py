@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from pipeline.errors import ConfigError, OutputExistsError
-from pipeline.gt.config import FORMAT, MANIFEST, SHARD_DIR, GTConfig
+from pipeline.gt.config import FORMAT, LEGACY_MANIFEST, MANIFEST, SHARD_DIR, GTConfig
 from pipeline.gt.refpairs import check_reference_input
 from pipeline.gt.sampling import expand_inputs, plan_shards, probe
 from pipeline.gt.shards import read_manifest, run_shard, totals
@@ -45,14 +45,14 @@ def _prepare_output(cfg: GTConfig, overwrite: bool, resume: bool
     if entries:
         if overwrite:
             # only ever delete what this module writes: never a folder of someone else's files
-            foreign = sorted(n for n in entries if n not in (MANIFEST, SHARD_DIR)
+            foreign = sorted(n for n in entries if n not in (MANIFEST, LEGACY_MANIFEST, SHARD_DIR)
                              and not n.startswith("."))
             marked = read_manifest(cfg.output, cfg.storage_options)
             if not foreign and (marked is None or marked.get("format") != FORMAT):
                 raise OutputExistsError(
                     f"refusing to overwrite {cfg.output!r}: it holds no {FORMAT} {MANIFEST} "
-                    "(the marker of a ground-truth output of this project); remove it yourself "
-                    "or choose another output")
+                    f"(or {LEGACY_MANIFEST}, the marker of a ground-truth output of this project); "
+                    "remove it yourself or choose another output")
             if foreign:
                 raise OutputExistsError(
                     f"output {cfg.output!r} holds files that are not ground truth "
@@ -65,8 +65,8 @@ def _prepare_output(cfg: GTConfig, overwrite: bool, resume: bool
             previous = read_manifest(cfg.output, cfg.storage_options)
             if previous is None or previous.get("format") != FORMAT:
                 raise OutputExistsError(
-                    f"output {cfg.output!r} is not empty and holds no {FORMAT} {MANIFEST}; "
-                    "it is not a ground-truth output to resume")
+                    f"output {cfg.output!r} is not empty and holds no {FORMAT} {MANIFEST} (or "
+                    f"{LEGACY_MANIFEST}); it is not a ground-truth output to resume")
         else:
             raise OutputExistsError(
                 f"output {cfg.output!r} exists and is not empty; pass overwrite (--overwrite) "
@@ -88,6 +88,16 @@ def _check_resumable(previous: dict[str, Any], cfg: GTConfig, sources: list[str]
         raise ConfigError(f"cannot resume {cfg.output!r}: the inputs now expand to "
                           f"{len(sources)} sources, the manifest lists {len(old_sources)} "
                           "different ones; use overwrite instead")
+
+
+def _drop_legacy_manifest(fs: Any, root: str) -> None:
+    """Once ``_manifest.json`` is written, delete the ``manifest.json`` an output written before
+    the rename still holds (a resumed one): it would stop Parquet readers from reading the folder,
+    and would go stale. ``read_manifest`` prefers ``_manifest.json`` if a crash leaves both."""
+    try:
+        fs.rm_file(f"{root}/{LEGACY_MANIFEST}")
+    except FileNotFoundError:
+        pass
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -165,6 +175,7 @@ def _make_gt(cfg: GTConfig, sources: list[str], workers: int, overwrite: bool, r
                     make_parents=True)
 
     save_manifest()
+    _drop_legacy_manifest(fs, root)
     this_run = 0
     for i, rec in run(run_shard, todo):
         done[todo[i].name] = rec

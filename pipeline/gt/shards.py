@@ -18,7 +18,15 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import InputNotFoundError
 from pipeline.geometry.affine import window_transform
-from pipeline.gt.config import _STREAM_PATCH, MANIFEST, SCHEMA, SHARD_DIR, GTConfig, hr_side
+from pipeline.gt.config import (
+    _STREAM_PATCH,
+    LEGACY_MANIFEST,
+    MANIFEST,
+    SCHEMA,
+    SHARD_DIR,
+    GTConfig,
+    hr_side,
+)
 from pipeline.gt.degrade import make_lr
 from pipeline.gt.refpairs import REF_COLUMNS, Reference, patch_and_reference
 from pipeline.gt.sampling import Candidate, ShardTask
@@ -138,19 +146,24 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
 
 def read_manifest(output: str, storage_options: dict[str, Any] | None = None
                   ) -> dict[str, Any] | None:
-    """The ``manifest.json`` of a GT output, or ``None`` when there is none."""
-    fs, path = resolve(output, storage_options).child(MANIFEST).fs()
-    try:
-        return json.loads(fs.cat_file(path))
-    except (FileNotFoundError, NotADirectoryError):
-        return None
+    """The manifest of a GT output: its ``_manifest.json``, else the ``manifest.json`` of an
+    output written before the rename; ``None`` when it has neither."""
+    loc = resolve(output, storage_options)
+    for name in (MANIFEST, LEGACY_MANIFEST):
+        fs, path = loc.child(name).fs()
+        try:
+            return json.loads(fs.cat_file(path))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return None
 
 
 def shard_paths(output: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """URIs of the finished, non-empty shards of a GT output (in shard order).
 
     Raises:
-        InputNotFoundError: ``output`` has no ``manifest.json``.
+        InputNotFoundError: ``output`` has no manifest (``_manifest.json`` or, written before,
+            ``manifest.json``).
     """
     man = read_manifest(output, storage_options)
     if man is None:
