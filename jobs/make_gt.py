@@ -6,7 +6,7 @@ Examples::
         --scale-range 1 4 --lr-size 48 --seed 0 --workers 2
     python -m jobs.make_gt --input 's3://bucket/scenes/*.tif' --output out/gt --random 500 \\
         --scales 2 3 4 --patch 192 --bands 2 1 0 --value-range 0 10000 --noise 0 0.02 --resume
-    python -m jobs.make_gt --input ../shared/data/train --output out/gt_ref --patch 160 \
+    python -m jobs.make_gt --input ../shared/data/train --output out/gt_ref --patch 160 \\
         --scales 4 --lr-size 40 --reference view --ref-size 160 --random 8
     python -m jobs.make_gt --smoke-test
 """

@@ -1,12 +1,17 @@
 """Upscale a huge image with LIIF, tile by tile, on Ray (or in-process).
 
-    python -m jobs.upscale --input URI --output URI (--scale S | --size WxH) [--model PATH|NAME]
-                           [--tile N] [--workers N] [--gpus-per-worker G] [--resume|--overwrite]
-    python -m jobs.upscale --input URI --reference URI --output URI --model TTSR_CHECKPOINT
-                           [--ref-margin N|all] [...]      # reference-based x4 (TTSR)
+examples:
+  liif upscale --input scene.tif --output scene_x4.zarr --scale 4
+  liif upscale --input scene.tif --output scene_x4.tif --scale 4     # a COG, no Zarr kept
+  liif upscale --input s3://bucket/scene.tif --output s3://bucket/x4.zarr --scale 2.5 \\
+      --workers 8 --gpus-per-worker 1 --cog x4.tif --preview x4.png
+  liif upscale --input lr.tif --reference ref.tif --output sr.zarr --model TTSR.pt  # TTSR x4
 
-With no --input it runs the demo: a real sample image bundled with scikit-image, upscaled x3.7 into
-./out/ as Zarr plus a preview PNG.
+The output format follows the name: *.zarr (or any other name) is a Zarr group, *.tif/*.tiff a
+Cloud-Optimised GeoTIFF (written through a hidden working Zarr beside it, removed when the COG
+is complete; --resume continues it). With no --input it runs the demo: a real sample image
+bundled with scikit-image, upscaled x3.7 into ./out/ as Zarr plus a preview PNG. Ctrl-C stops
+cleanly; rerun the same command with --resume to continue.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ def _parse_bands(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.upscale", description=__doc__,
+    p = argparse.ArgumentParser(prog="liif upscale", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", help="image URI: Zarr (v2/v3), GeoTIFF/COG, PNG/JPEG/TIFF; local or "
                    "fsspec (s3://, gs://, memory://, file://). Omit for the demo.")
@@ -73,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", default="auto", choices=["auto", "CHW", "HWC"])
     p.add_argument("--bands", type=_parse_bands, help="0-based bands to process, e.g. 0,1,2")
     p.add_argument("--storage-options", type=_parse_json, help="fsspec options (JSON) for input")
-    p.add_argument("--output", help="output Zarr URI (a group holding array 'image')")
+    p.add_argument("--output", help="output: a Zarr group (array 'image') or, for a name ending "
+                   "in .tif/.tiff, a Cloud-Optimised GeoTIFF")
     p.add_argument("--output-storage-options", type=_parse_json)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--scale", type=_parse_scale, help="e.g. 4, 2.7, 0.5 or SY,SX like 2,3.5")
@@ -86,17 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--value-range", type=float, nargs=2, metavar=("LO", "HI"),
                    help="input values mapped to [0, 1], e.g. 0 10000 for reflectance "
                    "(default: the dtype's range; 0..1 for floats)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="decode precision (default auto: bf16 where the hardware computes it "
+                   "natively, i.e. AVX512-BF16/AMX CPUs or bf16 GPUs, else fp32)")
     p.add_argument("--executor", default="ray", choices=["ray", "in-process"])
     p.add_argument("--workers", type=int, default=None,
                    help="model actors (default: GPUs, else CPUs / threads-per-worker)")
     p.add_argument("--gpus-per-worker", type=float, default=None)
     p.add_argument("--threads-per-worker", type=int, default=None)
+    p.add_argument("--tiles-in-flight", type=int, default=3, metavar="N",
+                   help="tiles each worker holds at once: one computes while the others read "
+                   "and write (default 3; 1 runs the stages one after another)")
     p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     m = p.add_mutually_exclusive_group()
     m.add_argument("--resume", action="store_true", help="continue an interrupted output")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--max-output-pixels", type=int, default=None)
+    p.add_argument("--max-output-pixels", type=_parse_count, default=None, metavar="N",
+                   help="refuse larger outputs (default 4e9 = 4 Gpx; accepts 1e12, 10G, 4_000_000)")
     p.add_argument("--cog", help="also export a Cloud-Optimised GeoTIFF to this path")
     p.add_argument("--preview", help="also write a downsampled PNG preview to this path")
     p.add_argument("--summary", help="also write the JSON summary to this file")
@@ -114,6 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ref-alignment", default="auto", choices=["auto", "georef", "pixel"],
                    help="georeferenced (both have transforms) or pixel grid x4 (default auto)")
     return p
+
+
+def _parse_count(text: str) -> int:
+    """A pixel count: ``1000000``, ``1_000_000``, ``1e12``, ``4G``, ``500M``, ``2.5k``."""
+    t = text.strip().replace("_", "").replace(",", "")
+    mult = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}.get(t[-1:].lower(), 1.0)
+    if mult != 1.0:
+        t = t[:-1]
+    try:
+        value = float(t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a pixel count (e.g. 4000000000, 4e9, 4G)") from None
+    if not value.is_integer() or value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 1, got {value:g}")
+    return int(value)
 
 
 def _parse_margin(text: str) -> int | None:
@@ -193,7 +221,8 @@ def _common_options(a: argparse.Namespace) -> dict:
         ray_address=a.address, overwrite=a.overwrite, resume=a.resume,
         # 0 is an error, not "unset"
         **({} if a.max_output_pixels is None else {"max_output_pixels": a.max_output_pixels}),
-        cog=a.cog, preview=a.preview, summary=a.summary, progress=not a.no_progress)
+        cog=a.cog, preview=a.preview, summary=a.summary, progress=not a.no_progress,
+        depth=a.tiles_in_flight, working_output=a.working_output)
 
 
 def _run_and_report(a: argparse.Namespace, build: Callable[[], Any],
@@ -210,6 +239,10 @@ def _run_and_report(a: argparse.Namespace, build: Callable[[], Any],
         for note in getattr(e, "__notes__", ()):
             sys.stderr.write(f"  {note}\n")
         return 2
+    except KeyboardInterrupt as e:
+        notes = " ".join(getattr(e, "__notes__", ()))
+        sys.stderr.write(f"\ninterrupted. {notes or 'Rerun the same command with --resume.'}\n")
+        return 130
     print(json.dumps(summary))
     return 0
 
@@ -225,6 +258,53 @@ def _resources(a: argparse.Namespace) -> tuple[int, float, int | None]:
     if threads is None and not gpus:
         threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     return workers, gpus, threads
+
+
+def _choose_output_format(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """``--output x.tif`` (or ``--cog`` alone) writes a COG through a hidden working Zarr beside
+    it; other output names are Zarr; ``.png``/``.jpg`` outputs are refused with what to do."""
+    a.working_output = False
+    if a.output is None and a.cog is not None:
+        a.output = a.cog
+    if a.output is None:
+        return
+    low = a.output.rstrip("/").lower()
+    if low.endswith((".png", ".jpg", ".jpeg", ".webp")):
+        parser.error(f"--output {a.output!r}: the outputs are Zarr (.zarr) or a COG (.tif); for "
+                     "a small PNG view use --preview")
+    if low.endswith((".tif", ".tiff")):
+        if a.cog is not None and a.cog != a.output:
+            parser.error(f"--output {a.output!r} is already a GeoTIFF; drop --cog {a.cog!r} or "
+                         "give --output a .zarr name")
+        a.cog = a.output
+        head, _, name = a.output.rstrip("/").rpartition("/")
+        a.output = f"{head}/.{name}.zarr" if head or a.output.startswith("/") else f".{name}.zarr"
+        a.working_output = True
+
+
+def _check_job_paths(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Under ``ray job submit`` the entrypoint runs in an unpacked copy of ``--working-dir``:
+    relative local paths would read that copy or write into it (lost when the job ends)."""
+    import os
+
+    env = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not env:
+        return
+    try:
+        working_dir = json.loads(env).get("runtime_env", {}).get("working_dir")
+    except ValueError:
+        working_dir = None
+    if not working_dir:
+        return
+    for flag in ("input", "output", "reference", "cog", "preview", "summary"):
+        value = getattr(a, flag, None)
+        if isinstance(value, str) and value and "://" not in value and not value.startswith(
+                ("/", "~")):
+            parser.error(
+                f"--{flag} {value!r} is a relative path, but this runs under `ray job submit`, "
+                f"inside an unpacked copy of --working-dir ({os.getcwd()}): relative paths read "
+                "from or write into that temporary copy. Use an absolute path or a URL "
+                "(s3://..., gs://...)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         a.preview = a.preview or str(out_dir / f"astronaut_{tag}.preview.png")
         if not a.overwrite:
             a.resume = True  # re-running the demo continues/keeps the existing result
+    _choose_output_format(parser, a)
+    _check_job_paths(parser, a)
     if a.output is None:
         parser.error("--output is required with --input")
     if a.reference is not None:

@@ -35,7 +35,7 @@ from pipeline.run.worker import BaseTileWorker, TileJob
 __all__ = ["DEFAULT_MAX_OUTPUT_PIXELS", "LIIF_FAMILY", "LiifTileJob", "TileWorker",
            "UpscaleConfig", "canonical", "prepare", "run_upscale"]
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,7 +48,7 @@ class UpscaleConfig(JobOptions):
     size: tuple[int, int] | None = None
     model: str = "edsr-baseline-liif"
     value_range: tuple[float, float] | None = None
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 where the hardware has it natively, else fp32
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -56,21 +56,31 @@ class UpscaleConfig(JobOptions):
             raise ConfigError(f"give exactly one of scale or size (got scale={self.scale!r}, "
                               f"size={self.size!r})")
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision {self.precision!r} is not one of fp32, bf16, fp16")
+            raise ConfigError(f"precision {self.precision!r} is not one of auto, fp32, bf16, fp16")
 
 
 @dataclass(frozen=True, kw_only=True)
 class LiifTileJob(TileJob):
     """The LIIF worker's job: the shared fields plus the decode precision and query chunk."""
 
-    precision: str = "fp32"
+    precision: str = "auto"
     chunk_pixels: int = 4096
 
 
 class TileWorker(BaseTileWorker):
-    """The LIIF family: encode the window, decode the tile's output pixels in the global frame."""
+    """The LIIF family: encode the window, decode the tile's output pixels in the global frame.
+
+    The decode precision is resolved on the worker's own device (``auto``: bf16 only where it is
+    native, :func:`liif.precision.resolve_precision`); every record says which ran and why.
+    """
 
     job: LiifTileJob
+
+    def load_model(self) -> Any:
+        from liif.precision import resolve_precision
+
+        self.precision, self.precision_why = resolve_precision(self.job.precision, self.device)
+        return super().load_model()
 
     def infer(self, tile: Tile, unit: np.ndarray, more: Any = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -88,9 +98,10 @@ class TileWorker(BaseTileWorker):
                 pred = decode(self.model, feat, in_shape=job.in_shape, out_shape=job.out_shape,
                               rows=(ow.row0, ow.row1), cols=(ow.col0, ow.col1),
                               offset=(iw.row0, iw.col0), chunk_pixels=job.chunk_pixels,
-                              precision=job.precision)[0]
+                              precision=self.precision)[0]
                 outs.append((pred * 0.5 + 0.5).clamp_(0, 1).cpu().numpy())
-        return merge_groups(outs, self.groups, tuple(range(self.source.shape[0]))), {}
+        merged = merge_groups(outs, self.groups, tuple(range(self.source.shape[0])))
+        return merged, {"precision": self.precision, "precision_why": self.precision_why}
 
 
 def _model_info(model_ref: str) -> tuple[dict[str, Any], int, str]:

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from pipeline.gt import read_manifest
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
@@ -24,7 +26,7 @@ def test_submit_make_gt_smoke(submit_job, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     s = _summary(res.stdout)
     assert s["samples"] > 0 and s["skipped_nodata"] > 0
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = read_manifest(str(out))
     assert manifest["complete"] and manifest["counts"]["samples"] == s["samples"]
     assert len(list((out / "shards").glob("part-*.parquet"))) == s["shards"]
 

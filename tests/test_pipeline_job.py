@@ -34,7 +34,8 @@ from pipeline.upscale import UpscaleConfig, run_upscale
 REPO = Path(__file__).resolve().parents[1]
 ENCODER = {"name": "edsr-baseline", "args": {"no_upsampling": True, "n_resblocks": 2, "n_feats": 8}}
 IMNET = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16, 16]}}
-CLI = ["--executor", "in-process", "--no-progress", "--threads-per-worker", "1"]
+CLI = ["--executor", "in-process", "--no-progress", "--threads-per-worker", "1", "--precision",
+       "fp32"]
 TOL = 1e-5
 
 
@@ -71,7 +72,7 @@ def whole(ckpt: Path, image: np.ndarray, **kw: object) -> np.ndarray:
 
 def config(ckpt: Path, src: str, out: Path, **kw: object) -> UpscaleConfig:
     base = dict(scale=2.7, tile=32, chunk=16, executor="in-process", threads_per_worker=1,
-                progress=False)
+                progress=False, precision="fp32")
     base.update(kw)
     return UpscaleConfig(source=SourceSpec(src), output=OutputSpec(str(out)), model=str(ckpt),
                          **base)

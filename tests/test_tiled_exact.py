@@ -76,7 +76,7 @@ def run(ckpt: Path, src: str, out: Path, *, tile: int, chunk: int, shard: int | 
     """In-process pipeline run; returns the summary."""
     cfg = UpscaleConfig(source=SourceSpec(src), output=OutputSpec(str(out)), model=str(ckpt),
                         executor="in-process", tile=tile, chunk=chunk, shard=shard, progress=False,
-                        **kw)
+                        **{"precision": "fp32", **kw})
     return run_upscale(cfg)
 
 
@@ -180,7 +180,8 @@ def test_missing_halo_would_show_seams(tmp_path: Path, ckpts: dict[str, Path], k
     ref = whole(ckpts[kind], img, scale=4.0)
     job = LiifTileJob(source=SourceSpec(src), output_uri=str(tmp_path / "unused.zarr"),
                   output_storage_options=None, model=str(ckpts[kind]), in_shape=(23, 31),
-                  out_shape=(92, 124), value_range=(0.0, 1.0), out_dtype="float32")
+                  out_shape=(92, 124), value_range=(0.0, 1.0), out_dtype="float32",
+                  precision="fp32")
     worker = TileWorker(job)
     for halo, expect_exact in ((HALOS[kind], True), (0, False)):
         plan = plan_tiles((23, 31), (92, 124), tile=32, halo=halo, chunk=16)

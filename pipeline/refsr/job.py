@@ -175,11 +175,11 @@ class RefSRConfig(JobOptions):
     size: tuple[int, int] | None = None  # must be 4x the input when given
     value_range: tuple[float, float] | None = None
     ref_value_range: tuple[float, float] | None = None
-    precision: str = "fp32"
+    precision: str = "auto"  # TTSR tiles run in fp32 (auto = fp32)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.precision != "fp32":
+        if self.precision not in ("auto", "fp32"):
             raise ConfigError(f"precision {self.precision!r}: reference-based (TTSR) tiles run "
                               "in fp32 only")
         m = self.ref_margin

@@ -94,7 +94,8 @@ def _export_roles(cfg: JobOptions) -> list[tuple[str, Location | None, bool]]:
     """``(flag, location, may replace)`` of the single-file outputs of a job."""
     def loc(path: str | None) -> Location | None:
         return None if path is None else resolve(path, cfg.output.storage_options)
-    return [("--cog", loc(cfg.cog), cfg.overwrite),
+    # --output x.tif is a COG written through a working Zarr: its flag is --output
+    return [("--output" if cfg.working_output else "--cog", loc(cfg.cog), cfg.overwrite),
             ("--preview", loc(cfg.preview), cfg.overwrite or cfg.resume),
             ("--summary", loc(cfg.summary), cfg.overwrite or cfg.resume)]
 
@@ -115,6 +116,10 @@ def run_job(cfg: JobOptions, family: ModelFamily, *,
         if loc is not None:
             check_target(loc, overwrite=may_replace, role=role)
     check_output_target(cfg.output, overwrite=cfg.overwrite, resume=cfg.resume)
+    if cfg.executor == "ray":  # connect (or fail on a dead address) before anything is written
+        from pipeline.run.ray_executor import ensure_ray
+
+        ensure_ray(cfg.ray_address)
     with OutputLease(cfg.output.location) as lease:
         plan = family.prepare(cfg)
         summary = _run_plan(cfg, family, plan, lease, executor_factory or make_executor)
@@ -167,6 +172,30 @@ def _trusted_records(cfg: JobOptions, out: ZarrOutput, plan: JobPlan
     return records, bool(changed)
 
 
+def plan_line(cfg: JobOptions, plan: JobPlan, *, verified: int = 0) -> str:
+    """What the job is about to do, printed before any work (sizes, bytes, tiles, workers)."""
+    H, W = plan.out_shape
+    raw = H * W * plan.bands * np.dtype(plan.dtype).itemsize
+    th, tw = plan.tiles.tile_shape
+    workers = cfg.workers if cfg.executor == "ray" else 1
+    redo = f", {verified} finished earlier (verified first)" if verified else ""
+    return (f"plan: {plan.in_shape[1]} x {plan.in_shape[0]} -> {W} x {H} x {plan.bands} "
+            f"{np.dtype(plan.dtype).name} ({H * W / 1e6:,.1f} Mpx, {raw / 1e9:,.2f} GB "
+            f"uncompressed), {len(plan.tiles)} tiles of up to {tw} x {th}{redo}, {workers} "
+            f"worker(s) x {cfg.depth} tiles in flight ({cfg.executor}); the ETA follows the "
+            "first tiles")
+
+
+def _precision_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which decode precision(s) the workers ran and why (families that report one)."""
+    ran = sorted({(str(r["precision"]), str(r.get("precision_why", ""))) for r in records
+                  if r.get("precision")})
+    if not ran:
+        return {}
+    return {"precision": ran[0][0] if len({p for p, _ in ran}) == 1 else [p for p, _ in ran],
+            "precision_why": "; ".join(sorted({w for _, w in ran}))}
+
+
 def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: OutputLease,
               executor_factory: ExecutorFactory) -> dict[str, Any]:
     """Create (or resume) the output, run the pending tiles, export; the common summary."""
@@ -183,6 +212,9 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
     job = replace(family.make_job(cfg, plan, out), depth=cfg.depth,
                   verify_inputs=verify_inputs)
     executor = executor_factory(cfg, job, family.worker_cls)
+    if cfg.progress:
+        sys.stderr.write(plan_line(cfg, plan, verified=len(records)) + "\n")
+        sys.stderr.flush()
     progress = Progress(len(tiles), H * W, stream=sys.stderr if cfg.progress else None)
     try:
         done = executor.run(work, progress, lease=lease)
@@ -193,6 +225,13 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
         finished = len(out.manifest.done_keys())
         e.add_note(f"{finished} of {len(tiles)} tiles are finished and kept; fix the cause and "
                    "rerun with --resume to continue")
+        raise
+    except KeyboardInterrupt as e:
+        progress.close()
+        executor.close()
+        finished = len(out.manifest.done_keys())
+        e.add_note(f"{finished} of {len(tiles)} tiles are finished and kept; rerun the same "
+                   "command with --resume to continue.")
         raise
     except BaseException:
         executor.close()
@@ -208,10 +247,15 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
         write_preview_png(out, cfg.preview, overwrite=cfg.overwrite or cfg.resume,
                           storage_options=cfg.output.storage_options)
         extras["preview"] = cfg.preview
+    if cfg.working_output:  # the Zarr only fed the COG
+        fs, path = out.location.fs()
+        fs.rm(path, recursive=True)
+        extras["working_output_removed"] = out.uri
     fresh = [r for r in done if not r.get("verified")]
     verified = len(done) - len(fresh)
     return {
-        "output": out.uri, "in_shape": list(plan.in_shape), "out_shape": [H, W],
+        "output": cfg.cog if cfg.working_output else out.uri,
+        "in_shape": list(plan.in_shape), "out_shape": [H, W],
         "bands": plan.bands, "dtype": str(plan.dtype),
         "tiles": len(tiles), "tiles_run": len(fresh), "tiles_skipped": verified,
         "tiles_verified": verified, "tiles_redone": sum(1 for r in fresh if r.get("redone")),
@@ -221,6 +265,7 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
         "stage_seconds": {k: round(sum(float(r.get(f"{k}_s", 0.0)) for r in fresh), 3)
                           for k in ("read", "compute", "write", "wait")},
         "tiles_in_flight_per_worker": cfg.depth,
+        **_precision_summary(fresh),
         "tile": plan.tile, "halo": plan.halo,
         "useful_fraction": plan.tiles.stats()["useful_fraction"],
         "output_mpx": round(H * W / 1e6, 3), "seconds": round(progress.seconds, 3),

@@ -16,8 +16,9 @@ from pipeline.io.zarr_output import OutputSpec
 __all__ = ["DEFAULT_MAX_OUTPUT_PIXELS", "EXECUTORS", "ExecutionOptions", "JobOptions",
            "OutputOptions"]
 
-#: 100 Gpx; raise it with --max-output-pixels
-DEFAULT_MAX_OUTPUT_PIXELS = 100_000_000_000
+#: 4 Gpx (a 63k x 63k output, some 12 GB of RGB uint8): larger outputs are refused unless
+#: --max-output-pixels says so (a mistyped scale or size would otherwise run for hours)
+DEFAULT_MAX_OUTPUT_PIXELS = 4_000_000_000
 EXECUTORS = ("ray", "in-process")
 
 
@@ -63,8 +64,11 @@ class OutputOptions:
     cog: str | None = None  # also export a Cloud-Optimised GeoTIFF here
     preview: str | None = None  # also write a downsampled PNG preview here
     summary: str | None = None  # also write the JSON summary here
+    working_output: bool = False  # the Zarr only feeds --cog: removed once the COG is complete
 
     def __post_init__(self) -> None:
+        if self.working_output and not self.cog:
+            raise ConfigError("a working output (removed after export) needs a --cog target")
         if self.chunk < 16:
             raise ConfigError(f"chunk {self.chunk!r} must be >= 16 pixels")
         if self.overwrite and self.resume:

@@ -1,24 +1,43 @@
-"""A small driver-side progress line (tiles, Mpx/s, ETA) and the job's summary numbers."""
+"""The driver's progress display (tiles, Mpx/s, ETA) and the job's summary numbers.
+
+On a terminal it is a tqdm bar updated in place; in a log file (stderr not a TTY: ``ray job
+submit`` logs, CI, ``2> job.log``) one newline-terminated line every ``log_interval`` seconds and
+at the end, so lines never run together.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
+
+__all__ = ["Progress"]
 
 
 class Progress:
-    """Counts finished tiles and output pixels; prints at most every ``interval`` seconds."""
+    """Counts finished tiles and output pixels; shows them on ``stream`` (None: silent)."""
 
     def __init__(self, total_tiles: int, total_pixels: int, *, stream: TextIO | None = sys.stderr,
-                 interval: float = 1.0, already_tiles: int = 0, already_pixels: int = 0) -> None:
+                 interval: float = 1.0, log_interval: float = 10.0, already_tiles: int = 0,
+                 already_pixels: int = 0) -> None:
         self.total_tiles, self.total_pixels = total_tiles, total_pixels
         self.tiles, self.pixels = already_tiles, already_pixels
         self.new_pixels = 0
         self.verified_pixels = 0
-        self.stream, self.interval = stream, interval
+        self.stream = stream
+        self.tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
+        self.interval = interval if self.tty else log_interval
         self.t0 = time.perf_counter()
         self._last = 0.0
+        self._bar: Any = None
+        if self.tty:
+            try:
+                from tqdm import tqdm
+            except ImportError:  # a plain line in place of the bar
+                self._bar = None
+            else:
+                self._bar = tqdm(total=total_tiles, initial=already_tiles, unit="tile",
+                                 file=stream, dynamic_ncols=True, mininterval=interval)
 
     @property
     def seconds(self) -> float:
@@ -37,11 +56,21 @@ class Progress:
             self.verified_pixels += pixels
         else:
             self.new_pixels += pixels
+        if self.stream is None:
+            return
+        done = self.tiles == self.total_tiles
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"{self.pixels / 1e6:.1f}/{self.total_pixels / 1e6:.1f} Mpx"
+                                      f", {self.mpx_per_s:.3g} Mpx/s", refresh=False)
+            self._bar.update(1)
+            if done:
+                self._bar.close()
+            return
         now = time.perf_counter()
-        if self.stream is not None and (now - self._last >= self.interval
-                                        or self.tiles == self.total_tiles):
+        if now - self._last >= self.interval or done:
             self._last = now
-            self.stream.write(self.line() + ("\n" if self.tiles == self.total_tiles else "\r"))
+            end = "\n" if done or not self.tty else "\r"
+            self.stream.write(self.line() + end)
             self.stream.flush()
 
     def line(self) -> str:
@@ -53,3 +82,9 @@ class Progress:
         return (f"tiles {self.tiles}/{self.total_tiles} ({pct:5.1f}%)  "
                 f"{self.pixels / 1e6:.1f}/{self.total_pixels / 1e6:.1f} Mpx  {rate:.3g} Mpx/s  "
                 f"ETA {eta_s}")
+
+    def close(self) -> None:
+        """End the display (the bar, when a job stops early)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -25,20 +25,61 @@ RAY_ENV_DEFAULTS = {
 }
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to ``address`` (or RAY_ADDRESS / the job's cluster), else start a local Ray."""
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, *,
+               connect_timeout: float = 10.0) -> None:
+    """Connect to ``address`` (or RAY_ADDRESS, as ``ray job submit`` sets it), else start a
+    fresh local Ray.
+
+    Without an address this never joins a cluster left over from ``ray start`` (whose stale
+    ``/tmp/ray/ray_current_cluster`` once made a plain run hang for minutes): it starts a new
+    local instance (``address="local"``). With one, an address that does not answer within
+    ``connect_timeout`` seconds is an error naming it.
+
+    Raises:
+        pipeline.errors.ConfigError: the address does not answer.
+    """
     for k, v in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(k, v)
     import ray
 
+    if address:
+        _probe(address, connect_timeout)  # an explicit address must answer, connected or not
     if ray.is_initialized():
         return
     addr = address or os.environ.get("RAY_ADDRESS")
     if addr:
+        _probe(addr, connect_timeout)
         ray.init(address=addr, log_to_driver=True)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 log_to_driver=True)
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Fail fast, naming the address, when nothing listens at ``host:port`` of ``address``."""
+    import socket
+    from urllib.parse import urlparse
+
+    from pipeline.errors import ConfigError
+
+    if address in ("auto", "local"):
+        return
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    if parsed.scheme in ("http", "https"):
+        raise ConfigError(
+            f"Ray address {address!r} is a dashboard URL: give the GCS address (host:6379, as "
+            "`ray start --head` prints) or ray://host:10001, or submit with `ray job submit "
+            f"--address {address}`")
+    if parsed.hostname is None or parsed.port is None:
+        return
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"no Ray cluster answers at {address!r} ({exc}); start it (ray start --head) or "
+            "drop --address / RAY_ADDRESS to run on a fresh local Ray") from exc
 
 
 class RayExecutor:
