@@ -2,6 +2,14 @@
 
 Each gives the :class:`pipeline.io.sources.Source` interface; the rules (layouts, attributes,
 modes, alpha) are documented in :mod:`pipeline.io.sources`.
+
+Band information (``Source.band_info``, one ``{"colorinterp", "description"}`` per logical
+band, after band selection): rasterio takes the dataset's colour interpretation (GDAL's name:
+``gray``, ``undefined``, ``red``, ``nir``, ...) and description of each selected band (a dropped
+alpha band is not among them); PIL gives ``gray`` for one band and ``red, green, blue`` for
+colour images; Zarr takes the array attribute ``bands`` when it is one such dict per native band
+(what our outputs store, so an output read back as input keeps it), else nothing is known
+(``None``). An unknown interpretation name is ``None``, an empty description ``None``.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from pipeline.errors import (
 )
 from pipeline.io.sources import MAX_AUTO_BANDS, Source, SourceSpec
 
-__all__ = ["open_with", "open_zarr", "png_is_16bit_colour"]
+__all__ = ["colorinterp_name", "open_with", "open_zarr", "png_is_16bit_colour"]
 
 # --------------------------------------------------------------------------------------- zarr
 
@@ -51,6 +59,9 @@ class _ZarrSource(Source):
             crs=_attr_crs(attrs, spec.uri),
             transform=_attr_transform(attrs, spec.uri),
         )
+        native_info = _attr_band_info(attrs, native[0])
+        if native_info is not None:
+            self.band_info = [dict(native_info[b]) for b in self.bands]
 
     def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         arr = self._array
@@ -111,6 +122,37 @@ def _attr_crs(attrs: dict[str, Any], uri: str) -> str | None:
         raise UnsupportedInputError(
             f"zarr attribute crs={str(value)[:80]!r} of {uri!r} is not a CRS: {exc}"
         ) from None
+
+
+def colorinterp_name(value: Any) -> str | None:
+    """The GDAL colour interpretation name of ``value`` (a rasterio ``ColorInterp``, or a name
+    in any case: ``"RED"``, ``"nir"``), or None when it is not one."""
+    from rasterio.enums import ColorInterp
+
+    if isinstance(value, ColorInterp):
+        return value.name
+    if isinstance(value, str):
+        for ci in ColorInterp:
+            if ci.name.lower() == value.strip().lower():
+                return ci.name
+    return None
+
+
+def _attr_band_info(attrs: dict[str, Any], count: int) -> list[dict[str, Any]] | None:
+    """Per native band ``{"colorinterp", "description"}`` from the array attribute ``bands``
+    (what our outputs store: one dict per band); None when absent or not that shape (a
+    ``bands`` attribute of another meaning is ignored, not an error)."""
+    value = attrs.get("bands")
+    if not isinstance(value, list) or len(value) != count:
+        return None
+    out = []
+    for item in value:
+        if not isinstance(item, dict):
+            return None
+        desc = item.get("description")
+        out.append({"colorinterp": colorinterp_name(item.get("colorinterp")),
+                    "description": desc if isinstance(desc, str) and desc else None})
+    return out
 
 
 def _attr_transform(attrs: dict[str, Any], uri: str) -> tuple[float, ...] | None:
@@ -214,6 +256,9 @@ class _RasterioSource(Source):
             transform=transform,
         )
         self._indexes = [indexes[b] for b in self.bands]
+        interps, descriptions = dataset.colorinterp, dataset.descriptions
+        self.band_info = [{"colorinterp": colorinterp_name(interps[i - 1]),
+                           "description": descriptions[i - 1] or None} for i in self._indexes]
 
     def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         from rasterio.windows import Window
@@ -272,10 +317,11 @@ class _NotPilImage(UnsupportedInputError):
 class _PilSource(Source):
     backend = "pil"
 
-    def __init__(self, spec: SourceSpec, data: np.ndarray) -> None:
+    def __init__(self, spec: SourceSpec, data: np.ndarray, interps: Sequence[str]) -> None:
         super().__init__(spec, data.shape, data.dtype)
         data = data.astype(self.dtype, copy=False)  # native byte order (PIL I;16B is big-endian)
         self._data = data if self.all_bands else data[list(self.bands)]
+        self.band_info = [{"colorinterp": interps[b], "description": None} for b in self.bands]
 
     def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         return self._data[:, r0:r1, c0:c1].copy()
@@ -284,8 +330,9 @@ class _PilSource(Source):
         self._data = None
 
 
-def _pil_to_array(image: Any, uri: str) -> np.ndarray:
-    """``(C, H, W)`` array of a loaded PIL image, following the mode rules above."""
+def _pil_to_array(image: Any, uri: str) -> tuple[np.ndarray, list[str]]:
+    """``(C, H, W)`` array of a loaded PIL image, following the mode rules above, and the
+    colour interpretation of each band (``gray`` for one band, ``red, green, blue`` for RGB)."""
     mode = image.mode
     if mode == "1":
         image, mode = image.convert("L"), "L"
@@ -304,7 +351,8 @@ def _pil_to_array(image: Any, uri: str) -> np.ndarray:
             f"{uri!r} has PIL mode {mode!r}; supported: L, I;16, I, F, RGB, RGBA, LA, P, PA, 1, "
             "CMYK, YCbCr"
         )
-    return np.ascontiguousarray(data)
+    interps = ["gray"] if data.shape[0] == 1 else ["red", "green", "blue"]
+    return np.ascontiguousarray(data), interps
 
 
 def _open_pil(spec: SourceSpec, path: str, fs: Any | None) -> Source:
@@ -324,7 +372,7 @@ def _open_pil(spec: SourceSpec, path: str, fs: Any | None) -> Source:
                             "images, so convert it to a tiled GeoTIFF or zarr"
                         )
                     image.load()
-                    data = _pil_to_array(image, spec.uri)
+                    data, interps = _pil_to_array(image, spec.uri)
         except UnidentifiedImageError as exc:
             raise _NotPilImage(f"{spec.uri!r} is not an image PIL can identify: {exc}") from exc
         except (Image.DecompressionBombError, SyntaxError) as exc:
@@ -335,7 +383,7 @@ def _open_pil(spec: SourceSpec, path: str, fs: Any | None) -> Source:
             raise UnsupportedInputError(f"{spec.uri!r} is not a readable image: {exc}") from exc
         finally:
             Image.MAX_IMAGE_PIXELS = limit
-    return _PilSource(spec, data)
+    return _PilSource(spec, data, interps)
 
 
 def png_is_16bit_colour(path: str, fs: Any | None) -> bool:
