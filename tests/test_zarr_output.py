@@ -1,4 +1,4 @@
-"""pipeline.io.zarr_output: the Zarr output, GeoTIFF/COG export and PNG writers."""
+"""pipeline.io.zarr_output: the Zarr output (its exports: tests/test_exports.py)."""
 
 from __future__ import annotations
 
@@ -10,21 +10,16 @@ from concurrent.futures import ThreadPoolExecutor
 import fsspec
 import numpy as np
 import pytest
-import rasterio
 import zarr
-from PIL import Image
 from rasterio.crs import CRS
-from rasterio.io import MemoryFile
 
 from pipeline.errors import (
     ConfigError,
     InputNotFoundError,
     OutputExistsError,
     OutputNotWritableError,
-    UnsupportedDtypeError,
 )
-from pipeline.io import exports, zarr_output
-from pipeline.io.exports import export_geotiff, write_png, write_preview_png
+from pipeline.io import zarr_output
 from pipeline.io.zarr_output import (
     CREATED_BY,
     OutputSpec,
@@ -104,7 +99,7 @@ def test_created_output_layout_and_attributes(uri):
     assert out.chunks == (8, 16) and out.shards is None and out.write_grid == (8, 16)
     attrs = out.attrs
     assert attrs["created_by"] == CREATED_BY
-    assert attrs["proj:wkt2"] == WKT == attrs["crs"]
+    assert attrs["crs"] == WKT and CRS.from_wkt(attrs["proj:wkt2"]) == CRS.from_wkt(WKT)  # WKT2
     assert attrs["spatial:transform"] == list(TRANSFORM) == attrs["transform"]
     assert attrs["job"] == {"model": "edsr-baseline-liif", "scale": 2.0}
     group = zarr.open_group(uri, mode="r")
@@ -344,209 +339,6 @@ def test_output_spec_validation():
 
 
 # ---------------------------------------------------------------------------------------------
-# GeoTIFF / COG
-
-
-@pytest.fixture
-def geo_output(tmp_path, rng):
-    """(3, 300, 257) uint16 output with CRS/transform/nodata, chunks (64, 96), fully written."""
-    out = _create(
-        str(tmp_path / "geo.zarr"),
-        shape=(3, 300, 257),
-        chunks=(64, 96),
-        attrs=_attrs(out_shape=[300, 257]),
-    )
-    ref = rng.integers(1, 60000, size=(3, 300, 257), dtype=np.uint16)
-    for rows, cols in _tiles(300, 257, 64, 96):
-        out.write(rows, cols, ref[:, slice(*rows), slice(*cols)])
-    return out, ref
-
-
-def _spy_reads(out: ZarrOutput) -> list[tuple[int, int]]:
-    sizes: list[tuple[int, int]] = []
-    real = out.read
-
-    def read(rows, cols):
-        sizes.append((rows[1] - rows[0], cols[1] - cols[0]))
-        return real(rows, cols)
-
-    out.read = read  # type: ignore[method-assign]
-    return sizes
-
-
-@pytest.mark.parametrize("cog", [True, False])
-def test_geotiff_round_trip(tmp_path, geo_output, cog):
-    out, ref = geo_output
-    reads = _spy_reads(out)
-    path = str(tmp_path / "out.tif")
-    assert export_geotiff(out, path, cog=cog, blocksize=128) == path
-    assert len(reads) > 1 and max(h * w for h, w in reads) <= 128 * 128  # streamed
-    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # temporaries removed
-    with rasterio.open(path) as src:
-        np.testing.assert_array_equal(src.read(), ref)
-        assert src.crs == CRS.from_wkt(WKT)
-        assert tuple(src.transform)[:6] == pytest.approx(TRANSFORM)
-        assert src.nodata == 0
-        assert src.profile["tiled"] and src.block_shapes == [(128, 128)] * 3
-        assert src.compression.name == "deflate"
-        assert src.overviews(1) == [2, 4]
-        assert src.tags()["created_by"] == CREATED_BY
-        layout = src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT")
-        assert (layout == "COG") if cog else (layout is None)
-
-
-def test_cog_without_cog_driver_falls_back_to_copy_src_overviews(tmp_path, geo_output, monkeypatch):
-    out, ref = geo_output
-    monkeypatch.setattr(exports, "_has_cog_driver", lambda: False)
-    path = str(tmp_path / "fallback.tif")
-    export_geotiff(out, path, blocksize=128)
-    with rasterio.open(path) as src:
-        np.testing.assert_array_equal(src.read(), ref)
-        assert src.block_shapes == [(128, 128)] * 3 and src.overviews(1) == [2, 4]
-
-
-def test_geotiff_existing_file_needs_overwrite(tmp_path, geo_output):
-    out, ref = geo_output
-    path = tmp_path / "out.tif"
-    path.write_bytes(b"old")
-    with pytest.raises(OutputExistsError, match="out.tif' already exists"):
-        export_geotiff(out, str(path), blocksize=128)
-    assert path.read_bytes() == b"old"
-    export_geotiff(out, str(path), blocksize=128, overwrite=True, overviews=False)
-    with rasterio.open(path) as src:
-        np.testing.assert_array_equal(src.read(), ref)
-        assert src.overviews(1) == []
-
-
-def test_geotiff_float_without_georeferencing_to_fsspec_url(tmp_path, rng):
-    out = _create(
-        str(tmp_path / "f.zarr"),
-        shape=(1, 41, 67),
-        dtype="float32",
-        chunks=(16, 32),
-        fill_value=float("nan"),
-        attrs=_attrs(crs=None, transform=None, nodata=None),
-    )
-    ref = rng.standard_normal((1, 41, 67)).astype(np.float32)
-    out.write((0, 41), (0, 67), ref)
-    url = f"memory://tif-{uuid.uuid4().hex}/x.tif"
-    export_geotiff(out, url, cog=False, blocksize=16)
-    payload = fsspec.filesystem("memory").cat_file(url)
-    with MemoryFile(payload) as mem, mem.open() as src:
-        np.testing.assert_array_equal(src.read(), ref)
-        assert src.crs is None and src.nodata is None and src.block_shapes == [(16, 16)]
-        assert len(src.overviews(1)) == 3  # 67 -> 34, 17, 9 columns (GDAL reports 2, 4, 7)
-
-
-def test_geotiff_rejects_bad_blocksize(tmp_path, geo_output):
-    with pytest.raises(ConfigError, match="multiple of 16, got 100"):
-        export_geotiff(geo_output[0], str(tmp_path / "x.tif"), blocksize=100)
-    with pytest.raises(ConfigError, match="COG needs blocksize >= 128.*got 64"):
-        export_geotiff(geo_output[0], str(tmp_path / "x.tif"), blocksize=64)
-    assert os.listdir(tmp_path) == ["geo.zarr"]
-
-
-# ---------------------------------------------------------------------------------------------
-# PNG
-
-
-def test_write_png_uint8_rgb(tmp_path, rng):
-    img = rng.integers(0, 256, size=(3, 37, 53), dtype=np.uint8)
-    path = str(tmp_path / "a.png")
-    write_png(img, path)
-    with Image.open(path) as im:
-        assert im.mode == "RGB" and im.size == (53, 37)
-        np.testing.assert_array_equal(np.asarray(im).transpose(2, 0, 1), img)
-
-
-def test_write_png_uint16_grey_and_rgb(tmp_path, rng):
-    for bands in (1, 3):
-        img = rng.integers(0, 65536, size=(bands, 19, 23), dtype=np.uint16)
-        path = str(tmp_path / f"b{bands}.png")
-        write_png(img, path)
-        with rasterio.open(path) as src:
-            assert src.count == bands and src.dtypes[0] == "uint16"
-            np.testing.assert_array_equal(src.read(), img)
-
-
-def test_write_png_refusals(tmp_path):
-    path = tmp_path / "x.png"
-    huge = np.broadcast_to(np.uint8(0), (1, 10_001, 10_001))  # 100.02 Mpx, no memory
-    with pytest.raises(ConfigError, match=r"10001x10001 = 100.0 Mpx is too large .* 100 Mpx"):
-        write_png(huge, str(path))
-    with pytest.raises(UnsupportedDtypeError, match="got float32"):
-        write_png(np.zeros((3, 4, 4), np.float32), str(path))
-    with pytest.raises(ValueError, match=r"C in 1..4, got shape \(5, 4, 4\)"):
-        write_png(np.zeros((5, 4, 4), np.uint8), str(path))
-    assert not path.exists()
-    path.write_bytes(b"old")
-    with pytest.raises(OutputExistsError, match="already exists"):
-        write_png(np.zeros((1, 4, 4), np.uint8), str(path))
-    assert path.read_bytes() == b"old"
-    write_png(np.zeros((1, 4, 4), np.uint8), str(path), overwrite=True)
-    with Image.open(path) as im:
-        assert im.mode == "L" and im.size == (4, 4)
-
-
-def test_preview_of_uint8_is_the_strided_array(tmp_path, rng):
-    out = _create(str(tmp_path / "p.zarr"), shape=(1, 61, 47), dtype="uint8", chunks=(7, 16))
-    ref = rng.integers(0, 256, size=(1, 61, 47), dtype=np.uint8)
-    for rows, cols in _tiles(61, 47, 7, 16):
-        out.write(rows, cols, ref[:, slice(*rows), slice(*cols)])
-    path = str(tmp_path / "p.png")
-    assert write_preview_png(out, path, max_side=20) == (16, 12)  # stride ceil(61 / 20) = 4
-    with Image.open(path) as im:
-        assert im.mode == "L" and im.size == (12, 16)
-        np.testing.assert_array_equal(np.asarray(im), ref[0, ::4, ::4])
-
-
-def test_preview_of_uint16_rgb_is_stretched(tmp_path, geo_output):
-    out, ref = geo_output
-    path = str(tmp_path / "p.png")
-    assert write_preview_png(out, path, max_side=64) == (60, 52)  # stride 5
-    sub = ref[:, ::5, ::5].astype(np.float64)
-    lo, hi = np.percentile(sub[sub != 0], [2, 98])
-    expected = np.rint(np.clip((sub - lo) * 255 / (hi - lo), 0, 255)).astype(np.uint8)
-    with Image.open(path) as im:
-        assert im.mode == "RGB" and im.size == (52, 60)
-        got = np.asarray(im).transpose(2, 0, 1)
-    assert got.dtype == np.uint8
-    np.testing.assert_array_equal(got, expected)
-    assert got.min() == 0 and got.max() == 255
-
-
-def test_preview_of_four_float_bands_uses_the_first_three(tmp_path, rng):
-    out = _create(
-        str(tmp_path / "f.zarr"),
-        shape=(4, 33, 29),
-        dtype="float32",
-        chunks=(8, 8),
-        fill_value=float("nan"),
-        attrs=_attrs(nodata=None),
-    )
-    ref = rng.random((4, 33, 29)).astype(np.float32)
-    ref[3] = 1e6  # a band that would dominate the stretch if it were used
-    out.write((0, 16), (0, 29), ref[:, :16])  # rows 16.. stay NaN (unwritten)
-    path = str(tmp_path / "f.png")
-    assert write_preview_png(out, path) == (33, 29)  # smaller than max_side: stride 1
-    with Image.open(path) as im:
-        got = np.asarray(im).transpose(2, 0, 1)
-    assert im.mode == "RGB" and got.shape == (3, 33, 29)
-    assert np.all(got[:, 16:] == 0)  # NaN -> 0
-    assert got[:, :16].max() == 255 and np.percentile(got[:, :16], 50) > 50
-
-
-def test_preview_existing_file_and_bad_max_side(tmp_path, geo_output):
-    path = tmp_path / "p.png"
-    path.write_bytes(b"old")
-    with pytest.raises(OutputExistsError):
-        write_preview_png(geo_output[0], str(path))
-    with pytest.raises(ConfigError, match="max_side must be a positive integer, got 0"):
-        write_preview_png(geo_output[0], str(path), max_side=0, overwrite=True)
-    assert path.read_bytes() == b"old"
-
-
-# ---------------------------------------------------------------------------------------------
 # S3 (moto server on loopback)
 
 
@@ -593,7 +385,7 @@ def test_zarr_output_and_manifest_on_s3(s3, rng):
     np.testing.assert_array_equal(reopened.read((16, 32), (32, 53)), ref[:, :, :21])
     assert reopened.manifest.done_keys() == {"r1_c1"}
     assert reopened.manifest.is_done("r1_c1") and not reopened.manifest.is_done("r0_c0")
-    assert reopened.attrs["proj:wkt2"] == WKT
+    assert CRS.from_wkt(reopened.attrs["proj:wkt2"]) == CRS.from_wkt(WKT)
     with pytest.raises(OutputExistsError, match="s3://liif-sinks/run/out.zarr"):
         create_zarr_output(spec, shape=(3, 37, 53), dtype="uint16", chunks=(8, 16))
     fresh = create_zarr_output(spec, shape=(1, 9, 9), dtype="uint8", chunks=(4, 4), overwrite=True)
