@@ -1,5 +1,5 @@
-"""pipeline.io.exports: GeoTIFF/COG (codecs, threads, colour interpretation), PNG and preview; and
-the per-band colour interpretation the readers hand them."""
+"""pipeline.io.exports: GeoTIFF/COG (codecs, threads, colour interpretation), PNG, preview and the
+side-by-side comparison PNG; and the per-band colour interpretation the readers hand them."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import fsspec
 import numpy as np
 import pytest
 import rasterio
+import torch
 import zarr
 from PIL import Image
 from rasterio.crs import CRS
@@ -20,12 +21,14 @@ from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 
 from jobs.upscale import main
+from liif.resize import resize_bicubic
 from pipeline.errors import ConfigError, OutputExistsError, UnsupportedDtypeError
 from pipeline.io import exports
 from pipeline.io.exports import (
     COMPRESSIONS,
     codec_options,
     export_geotiff,
+    write_comparison_png,
     write_png,
     write_preview_png,
 )
@@ -590,6 +593,16 @@ def test_preview_of_four_float_bands_uses_the_first_three(tmp_path, rng):
     assert got[:, :16].max() == 255 and np.percentile(got[:, :16], 50) > 50
 
 
+def test_preview_shows_red_green_blue_by_colour_interpretation(tmp_path, rng):
+    ref = rng.integers(0, 256, size=(4, 20, 24), dtype=np.uint8)
+    bands = [{"colorinterp": n} for n in ("nir", "blue", "green", "red")]
+    out = _filled(str(tmp_path / "p.zarr"), ref, chunks=(8, 8), attrs=_attrs(bands=bands))
+    path = str(tmp_path / "p.png")
+    write_preview_png(out, path)
+    with Image.open(path) as im:
+        np.testing.assert_array_equal(np.asarray(im).transpose(2, 0, 1), ref[[3, 2, 1]])
+
+
 def test_preview_existing_file_and_bad_max_side(tmp_path, geo_output):
     path = tmp_path / "p.png"
     path.write_bytes(b"old")
@@ -598,3 +611,118 @@ def test_preview_existing_file_and_bad_max_side(tmp_path, geo_output):
     with pytest.raises(ConfigError, match="max_side must be a positive integer, got 0"):
         write_preview_png(geo_output[0], str(path), max_side=0, overwrite=True)
     assert path.read_bytes() == b"old"
+
+
+# ---------------------------------------------------------------------------------------------
+# side-by-side comparison
+
+
+def _bicubic_output(tmp_path, img: np.ndarray, scale: int, **attrs) -> ZarrOutput:
+    """The whole-image bicubic upscale of ``img`` (uint8 (C, h, w)) stored as an output: its
+    comparison's two halves must agree."""
+    c, h, w = img.shape
+    up = resize_bicubic(torch.from_numpy(img.astype(np.float32) / 255), (h * scale, w * scale))
+    data = np.clip(np.rint(up.numpy() * 255), 0, 255).astype(np.uint8)
+    return _filled(str(tmp_path / "c.zarr"), data, chunks=(64, 64), attrs=_attrs(
+        scale=[float(scale)] * 2, in_shape=[h, w], value_range=[0, 255], **attrs))
+
+
+def _textured(h: int, w: int, box: tuple[slice, slice], rng, bands: int = 3) -> np.ndarray:
+    img = np.full((bands, h, w), 100, np.uint8)
+    img[(slice(None), *box)] = rng.integers(0, 256, (bands, box[0].stop - box[0].start,
+                                                     box[1].stop - box[1].start))
+    return img
+
+
+def test_comparison_crop_lands_on_the_detail_and_halves_align(tmp_path, rng):
+    img = _textured(120, 160, (slice(70, 100), slice(20, 60)), rng)
+    src = _write_tif(tmp_path / "in.tif", img)
+    out = _bicubic_output(tmp_path, img, 3, nodata=None)
+    path = str(tmp_path / "c.png")
+    info = write_comparison_png(out, src, path, crop=60)
+    (ir0, ir1), (ic0, ic1) = info["input_window"]
+    assert (ir1 - ir0, ic1 - ic0) == (20, 20)
+    assert 70 <= ir0 and ir1 <= 100 and 20 <= ic0 and ic1 <= 60  # inside the textured box
+    (r0, r1), (c0, c1) = info["output_window"]
+    assert (r0, r1, c0, c1) == (3 * ir0, 3 * ir1, 3 * ic0, 3 * ic1)
+    with Image.open(path) as im:
+        got = np.asarray(im).transpose(2, 0, 1)
+    assert got.shape == (3, 60, 60 + 8 + 60) and info["shape"] == [60, 128]
+    np.testing.assert_array_equal(got[:, :, :60], out.read((r0, r1), (c0, c1)))  # left = output
+    assert np.all(got[:, :, 60:68] == 255)
+    # the right half is the bicubic upscale of the same input window (here: the output itself)
+    assert np.abs(got[:, :, 68:].astype(int) - got[:, :, :60]).max() <= 1
+
+
+@pytest.mark.parametrize("shape,out_shape", [((60, 80), (150, 200)), ((60, 80), (90, 280)),
+                                             ((30, 40), (75, 100))])
+def test_comparison_at_non_integer_and_anisotropic_scales(tmp_path, shape, out_shape):
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.clip(128 + 100 * np.sin(yy / 5.0)[None] * np.cos(xx / 7.0 + np.arange(3)[:, None,
+                  None]), 1, 255).astype(np.uint8)
+    src = _write_tif(tmp_path / "in.tif", img)
+    up = resize_bicubic(torch.from_numpy(img.astype(np.float32) / 255), out_shape)
+    data = np.clip(np.rint(up.numpy() * 255), 0, 255).astype(np.uint8)
+    sy, sx = out_shape[0] / h, out_shape[1] / w
+    out = _filled(str(tmp_path / "c.zarr"), data, chunks=(64, 64), attrs=_attrs(
+        scale=[sy, sx], in_shape=[h, w], value_range=[0, 255], nodata=None))
+    info = write_comparison_png(out, src, str(tmp_path / "c.png"), crop=100)
+    (r0, r1), (c0, c1) = info["output_window"]
+    n_r, n_c = r1 - r0, c1 - c0
+    assert abs(n_r - min(100, out_shape[0])) <= 2 and abs(n_c - min(100, out_shape[1])) <= 2
+    with Image.open(tmp_path / "c.png") as im:
+        got = np.asarray(im).transpose(2, 0, 1).astype(int)
+    assert got.shape == (3, n_r, 2 * n_c + 8)
+    np.testing.assert_array_equal(got[:, :, :n_c], out.read((r0, r1), (c0, c1)))
+    # the same smooth image on (nearly) the same grid: within a pixel's shift of each other
+    assert np.abs(got[:, :, n_c + 8:] - got[:, :, :n_c]).mean() < 5
+
+
+def test_comparison_crop_ignores_the_jump_to_nodata(tmp_path, rng):
+    img = np.full((1, 90, 90), 200, np.uint8)
+    img[:, 60:80, 5:25] += rng.integers(0, 6, (1, 20, 20), dtype=np.uint8)  # faint detail
+    img[:, :, 45:] = 0  # nodata: 200 -> 0 would be the strongest edge if nodata counted
+    src = _write_tif(tmp_path / "in.tif", img, nodata=0)
+    out = _bicubic_output(tmp_path, img, 2, nodata=0)
+    info = write_comparison_png(out, src, str(tmp_path / "c.png"), crop=40, candidates=6)
+    (ir0, ir1), (ic0, ic1) = info["input_window"]
+    assert ir0 >= 50 and ic1 <= 45 and info["score"] > 0
+
+
+def test_comparison_bicubic_half_is_nodata_where_the_input_is(tmp_path, rng):
+    img = np.full((1, 90, 90), 120, np.uint8)
+    img[:, :, 30:45] = rng.integers(50, 200, (1, 90, 15), dtype=np.uint8)  # detail at the edge
+    img[:, :, 45:] = 0  # nodata
+    src = _write_tif(tmp_path / "in.tif", img, nodata=0)
+    out = _bicubic_output(tmp_path, img, 2, nodata=0)
+    info = write_comparison_png(out, src, str(tmp_path / "c.png"), crop=40, candidates=6)
+    (c0, c1) = info["output_window"][1]
+    assert info["input_window"][1] == [28, 48]  # the detailed window, 3 columns of nodata
+    with Image.open(tmp_path / "c.png") as im:
+        right = np.asarray(im)[:, c1 - c0 + 8:]
+    invalid = np.arange(c0, c1) // 2 >= 45  # nearest input column of each output column
+    assert invalid.sum() == 6
+    assert np.all(right[:, invalid] == 0) and np.all(right[:, ~invalid] > 0)
+
+
+def test_comparison_of_float_output_uses_one_stretch_and_checks_the_input(tmp_path, rng):
+    img = rng.random((1, 50, 60)).astype(np.float32)
+    src = _write_tif(tmp_path / "in.tif", img)
+    data = resize_bicubic(torch.from_numpy(img), (100, 120)).numpy()
+    out = _filled(str(tmp_path / "f.zarr"), data, chunks=(32, 32), fill_value=float("nan"),
+                  attrs=_attrs(scale=[2.0, 2.0], in_shape=[50, 60], value_range=[0, 1],
+                               nodata=None))
+    info = write_comparison_png(out, SourceSpec(src), str(tmp_path / "c.png"), crop=32)
+    with Image.open(tmp_path / "c.png") as im:
+        got = np.asarray(im)
+    assert im.mode == "L" and got.shape == (32, 72) and info["shape"] == [32, 72]
+    assert np.abs(got[:, :32].astype(int) - got[:, 40:]).max() <= 1
+    other = _write_tif(tmp_path / "other.tif", img[:, :, :40])
+    with pytest.raises(ConfigError, match=r"1x50x40 .* made from 1 band\(s\) of \[50, 60\].*--input"):
+        write_comparison_png(out, other, str(tmp_path / "x.png"))
+    with pytest.raises(ConfigError, match="crop must be an integer >= 1, got 0"):
+        write_comparison_png(out, src, str(tmp_path / "x.png"), crop=0)
+    with pytest.raises(OutputExistsError):
+        write_comparison_png(out, src, str(tmp_path / "c.png"))
+    assert not (tmp_path / "x.png").exists()
