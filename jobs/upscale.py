@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, help="output tile side (multiple of --chunk / --shard)")
     p.add_argument("--chunk", type=int, default=256, help="output Zarr chunk side (default 256)")
     p.add_argument("--shard", type=int, help="output Zarr shard side (multiple of --chunk)")
+    p.add_argument("--overviews", type=_parse_levels, default=None, metavar="N|auto",
+                   help="overview levels (block means, 1/2, 1/4, ...) written in the same pass "
+                   "(default auto: down to about 512 px, as far as the tile size allows; 0: none)")
     p.add_argument("--value-range", type=float, nargs=2, metavar=("LO", "HI"),
                    help="input values mapped to [0, 1], e.g. 0 10000 for reflectance "
                    "(default: the dtype's range; 0..1 for floats)")
@@ -126,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ref-alignment", default="auto", choices=["auto", "georef", "pixel"],
                    help="georeferenced (both have transforms) or pixel grid x4 (default auto)")
     return p
+
+
+def _parse_levels(text: str) -> int | None:
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"overviews {text!r} must be 'auto' or 0..12") from None
+    if not 0 <= v <= 12:
+        raise argparse.ArgumentTypeError(f"overviews {text!r} must be 'auto' or 0..12")
+    return v
 
 
 def _parse_count(text: str) -> int:
@@ -222,7 +237,7 @@ def _common_options(a: argparse.Namespace) -> dict:
         # 0 is an error, not "unset"
         **({} if a.max_output_pixels is None else {"max_output_pixels": a.max_output_pixels}),
         cog=a.cog, preview=a.preview, summary=a.summary, progress=not a.no_progress,
-        depth=a.tiles_in_flight, working_output=a.working_output)
+        depth=a.tiles_in_flight, working_output=a.working_output, overviews=a.overviews)
 
 
 def _run_and_report(a: argparse.Namespace, build: Callable[[], Any],

@@ -154,13 +154,14 @@ def prepare(cfg: UpscaleConfig) -> JobPlan:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     vr = parse_value_range(cfg.value_range or default_value_range(info.dtype))
-    grid = cfg.grid
+    cfg.grid  # noqa: B018 - checks shard and tile before the model loads
     spec, halo, sha = _model_info(cfg.model)
     sy, sx = scale_of((h, w), out_shape)
+    max_tile = default_tile_for(halo, (sy, sx), chunk=cfg.grid)
+    levels, grid = cfg.levels_and_grid(out_shape, max_tile)
     if cfg.tile is None:  # near-equal tiles, at least two per worker where the image allows
-        tiles = balanced_plan((h, w), out_shape, max_tile=default_tile_for(halo, (sy, sx),
-                                                                           chunk=grid),
-                              halo=halo, grid=grid, workers=cfg.workers)
+        tiles = balanced_plan((h, w), out_shape, max_tile=max(max_tile, grid), halo=halo,
+                              grid=grid, workers=cfg.workers)
     else:
         tiles = plan_tiles((h, w), out_shape, tile=cfg.tile, halo=halo, chunk=grid)
     tile = plan_summary(tiles)
@@ -173,7 +174,7 @@ def prepare(cfg: UpscaleConfig) -> JobPlan:
     attrs["input_identity"] = {"input": info.identity}
     return JobPlan(bands=C, in_shape=(h, w), out_shape=out_shape, dtype=info.dtype,
                    nodata=info.nodata, value_range=vr, tiles=tiles, tile=tile, halo=halo,
-                   attrs=attrs)
+                   attrs=attrs, overviews=levels)
 
 
 def canonical(cfg: Any, *more: str) -> Any:

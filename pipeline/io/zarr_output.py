@@ -48,9 +48,10 @@ from pipeline.errors import (
 )
 from pipeline.geometry.affine import as_transform
 from pipeline.io.atomic import exists
-from pipeline.io.geozarr import geo_attrs
+from pipeline.io.geozarr import geo_attrs, geo_group_attrs, level_transform, multiscales_attrs
 from pipeline.io.locations import Location, resolve
 from pipeline.io.manifest import MANIFEST_DIR, TileManifest
+from pipeline.io.pyramid import block_means, level_chunk, level_shape
 
 __all__ = [
     "ARRAY_NAME",
@@ -64,6 +65,7 @@ __all__ = [
 ]
 
 ARRAY_NAME = "image"
+OVERVIEWS_GROUP = "overviews"
 CREATED_BY = "liif-pipeline 0.1.0"
 _DTYPE_KINDS = "uif"
 
@@ -91,6 +93,11 @@ class OutputSpec:
 
 # ---------------------------------------------------------------------------------------------
 # locations
+
+
+def level_path(level: int) -> str:
+    """The array path of a level inside the output group: ``image``, ``overviews/<level>``."""
+    return ARRAY_NAME if level == 0 else f"{OVERVIEWS_GROUP}/{level}"
 
 
 def _loc(uri: str, storage_options: dict[str, Any] | None = None) -> Location:
@@ -206,7 +213,7 @@ class ZarrOutput:
         self.location = _loc(uri, storage_options)
         self.uri = self.location.url
         self.storage_options = dict(storage_options or {})
-        self._arrays: dict[bool, zarr.Array] = {}
+        self._arrays: dict[tuple[bool, int], zarr.Array] = {}
 
     def __repr__(self) -> str:
         return f"ZarrOutput({self.uri!r})"
@@ -217,12 +224,13 @@ class ZarrOutput:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["uri"], state["storage_options"])  # type: ignore[misc]
 
-    def _array(self, writable: bool = False) -> zarr.Array:
-        arr = self._arrays.get(writable)
+    def _array(self, writable: bool = False, level: int = 0) -> zarr.Array:
+        arr = self._arrays.get((writable, level))
         if arr is None:
             store = _store(self.location, read_only=not writable)
             try:
-                arr = zarr.open_array(store, path=ARRAY_NAME, mode="r+" if writable else "r")
+                arr = zarr.open_array(store, path=level_path(level),
+                                      mode="r+" if writable else "r")
             except FileNotFoundError as exc:
                 raise InputNotFoundError(
                     f"no Zarr output at {self.uri!r} (expected an array '{ARRAY_NAME}')"
@@ -232,8 +240,17 @@ class ZarrOutput:
                     f"the Zarr metadata of {self.uri}/{ARRAY_NAME} cannot be read "
                     f"({type(exc).__name__}: {exc}); pass --overwrite to start over"
                 ) from exc
-            self._arrays[writable] = arr
+            self._arrays[(writable, level)] = arr
         return arr
+
+    @property
+    def levels(self) -> int:
+        """Overview levels stored beside the full level (``overviews/1`` ... ``overviews/L``)."""
+        return int(self.attrs.get("overviews", 0) or 0)
+
+    def level(self, level: int) -> zarr.Array:
+        """The (read-only) array of overview ``level`` (0: the full level, ``image``)."""
+        return self._array(level=level)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -290,12 +307,13 @@ class ZarrOutput:
         return int(r0), int(r1), int(c0), int(c1)
 
     def write(self, rows: Sequence[int], cols: Sequence[int], data: np.ndarray) -> dict[str, str]:
-        """Write ``data`` (C, r1 - r0, c1 - c0) at rows [r0, r1), cols [c0, c1); returns the
-        content digest (blake2b-128 of the stored values) of each chunk, keyed ``"i.j"``.
+        """Write ``data`` (C, r1 - r0, c1 - c0) at rows [r0, r1), cols [c0, c1), and its block
+        means into every overview level; returns the content digest (blake2b-128 of the stored
+        values) of each chunk written, keyed ``"i.j"`` (full level) and ``"l/i.j"`` (level l).
 
-        The window must cover whole chunks (whole shards when sharded): start on the grid and end
-        on it or at the array edge. Float data may be narrowed to a float array dtype; any other
-        dtype must cast safely (quantise before writing).
+        The window must cover whole chunks (whole shards when sharded), at every level: start
+        on the grid and end on it or at the array edge. Float data may be narrowed to a float
+        array dtype; any other dtype must cast safely (quantise before writing).
         """
         r0, r1, c0, c1 = self._window(rows, cols)
         c, h, w = self.shape
@@ -320,47 +338,78 @@ class ZarrOutput:
             )
         data = np.ascontiguousarray(data, dtype=target)
         self._array(writable=True)[:, r0:r1, c0:c1] = data
-        return self._digests(r0, c0, data)
+        digests = self._digests(0, r0, c0, data)
+        levels = self.levels
+        if levels:
+            attrs = self.attrs
+            vr = attrs.get("value_range")
+            for lv, block in enumerate(block_means(data, levels, attrs.get("nodata"),
+                                                   tuple(vr) if vr else None), start=1):
+                a0, b0 = r0 >> lv, c0 >> lv
+                arr = self._array(writable=True, level=lv)
+                lh, lw = arr.shape[1:]
+                ch = arr.chunks[1:]
+                if a0 % ch[0] or b0 % ch[1] or (
+                        (a0 + block.shape[1]) % ch[0] and a0 + block.shape[1] != lh) or (
+                        (b0 + block.shape[2]) % ch[1] and b0 + block.shape[2] != lw):
+                    raise ValueError(f"tile ({r0}, {c0}) is not aligned to overview level {lv}'s "
+                                     f"chunks {ch}: tiles must be multiples of the pyramid grid")
+                arr[:, a0:a0 + block.shape[1], b0:b0 + block.shape[2]] = block
+                digests.update(self._digests(lv, a0, b0, block))
+        return digests
 
-    def _chunk_windows(self, r0: int, r1: int, c0: int, c1: int
+    def _chunk_windows(self, level: int, r0: int, r1: int, c0: int, c1: int
                        ) -> list[tuple[str, int, int, int, int]]:
-        """``(key, r0, r1, c0, c1)`` of every chunk of the window (chunk-aligned window)."""
-        ch, cw = self.chunks
-        _, h, w = self.shape
-        return [(f"{i // ch}.{j // cw}", i, min(i + ch, h), j, min(j + cw, w))
+        """``(key, r0, r1, c0, c1)`` of every chunk of the window (chunk-aligned) at ``level``."""
+        arr = self._array(level=level)
+        ch, cw = arr.chunks[1:]
+        h, w = arr.shape[1:]
+        prefix = f"{level}/" if level else ""
+        return [(f"{prefix}{i // ch}.{j // cw}", i, min(i + ch, h), j, min(j + cw, w))
                 for i in range(r0, r1, ch) for j in range(c0, c1, cw)]
 
-    def _digests(self, r0: int, c0: int, data: np.ndarray) -> dict[str, str]:
+    def _digests(self, level: int, r0: int, c0: int, data: np.ndarray) -> dict[str, str]:
         out = {}
-        for key, a0, a1, b0, b1 in self._chunk_windows(r0, r0 + data.shape[1], c0,
+        for key, a0, a1, b0, b1 in self._chunk_windows(level, r0, r0 + data.shape[1], c0,
                                                        c0 + data.shape[2]):
             block = np.ascontiguousarray(data[:, a0 - r0:a1 - r0, b0 - c0:b1 - c0])
             out[key] = hashlib.blake2b(block.tobytes(), digest_size=16).hexdigest()
         return out
 
+    def _level_windows(self, r0: int, r1: int, c0: int, c1: int
+                       ) -> list[tuple[int, int, int, int, int]]:
+        """``(level, r0, r1, c0, c1)`` of a full-level window at every level."""
+        out = [(0, r0, r1, c0, c1)]
+        for lv in range(1, self.levels + 1):
+            f = 1 << lv
+            out.append((lv, r0 >> lv, -(-r1 // f), c0 >> lv, -(-c1 // f)))
+        return out
+
     def verify(self, rows: Sequence[int], cols: Sequence[int], digests: dict[str, str]) -> list[str]:
-        """Keys of the chunks of the window whose stored content does not match ``digests``
-        (from :meth:`write`): changed, truncated, deleted or unreadable. Empty when all match."""
-        r0, r1, c0, c1 = self._window(rows, cols)
-        try:
-            data = np.ascontiguousarray(self._array()[:, r0:r1, c0:c1])
-        except (ValueError, RuntimeError, OSError, EOFError) as exc:  # corrupt: checksum, codec
-            return [f"<unreadable: {type(exc).__name__}>"]
-        have = self._digests(r0, c0, data)
+        """Keys of the chunks of the window (at every level) whose stored content does not
+        match ``digests`` (from :meth:`write`): changed, truncated, deleted or unreadable."""
+        have: dict[str, str] = {}
+        for lv, a0, a1, b0, b1 in self._level_windows(*self._window(rows, cols)):
+            try:
+                data = np.ascontiguousarray(self._array(level=lv)[:, a0:a1, b0:b1])
+            except (ValueError, RuntimeError, OSError, EOFError) as exc:  # checksum, codec
+                return [f"<unreadable level {lv}: {type(exc).__name__}>"]
+            have.update(self._digests(lv, a0, b0, data))
         return sorted(k for k in have.keys() | digests.keys() if have.get(k) != digests.get(k))
 
     def clear(self, rows: Sequence[int], cols: Sequence[int]) -> int:
-        """Delete the stored chunks (shards when sharded) of a write-grid-aligned window, so a
-        redone tile rewrites them whole (a torn shard is never read back). Returns the count."""
-        r0, r1, c0, c1 = self._window(rows, cols)
-        arr = self._array()
-        gh, gw = self.write_grid
+        """Delete the stored chunks (shards when sharded) of a write-grid-aligned window at every
+        level, so a redone tile rewrites them whole (a torn shard is never read back). Returns
+        how many objects were deleted."""
         fs, root = self.location.fs()
         doomed = []
-        for i in range(r0 // gh, -(-r1 // gh)):
-            for j in range(c0 // gw, -(-c1 // gw)):
-                key = arr.metadata.encode_chunk_key((0, i, j))
-                doomed.append(f"{root}/{ARRAY_NAME}/{key}")
+        for lv, a0, a1, b0, b1 in self._level_windows(*self._window(rows, cols)):
+            arr = self._array(level=lv)
+            gh, gw = (self.write_grid if lv == 0 else arr.chunks[1:])
+            for i in range(a0 // gh, -(-a1 // gh)):
+                for j in range(b0 // gw, -(-b1 // gw)):
+                    key = arr.metadata.encode_chunk_key((0, i, j))
+                    doomed.append(f"{root}/{level_path(lv)}/{key}")
         gone = 0
         for path in doomed:
             try:
@@ -455,6 +504,7 @@ def _open_for_resume(
     chunks: tuple[int, ...],
     shards: tuple[int, ...] | None,
     job: Any,
+    overviews: int = 0,
 ) -> ZarrOutput:
     out = ZarrOutput(spec.uri, spec.storage_options)
     uri = spec.uri
@@ -471,6 +521,7 @@ def _open_for_resume(
         ("dtype", out.dtype, dtype),
         ("chunks", out.chunks, chunks),
         ("shards", out.shards, shards),
+        ("overview levels", out.levels, overviews),
     ):
         if have != want:
             problems.append(f"{name} is {have} but the job needs {want}")
@@ -497,6 +548,7 @@ def create_zarr_output(
     attrs: dict[str, Any] | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    overviews: int = 0,
 ) -> ZarrOutput:
     """Create (or, with ``resume``, reopen) the output group with array ``image`` (C, H, W).
 
@@ -505,9 +557,13 @@ def create_zarr_output(
     instead of reading as wrong values. An existing output raises OutputExistsError unless
     ``overwrite`` (delete and recreate; only an output of this project) or ``resume`` (reopen;
     shape, dtype, chunks, shards and ``attrs["job"]`` must match, else ConfigError). Nothing is
-    written before these checks pass.
+    written before these checks pass. ``overviews`` levels of block means are created beside
+    ``image`` (``overviews/1`` ...; :mod:`pipeline.io.pyramid`), declared on the group with the
+    multiscales convention; :meth:`ZarrOutput.write` fills them from each tile.
     """
     shape3 = _positive_ints("shape (C, H, W)", shape, 3)
+    if isinstance(overviews, bool) or not isinstance(overviews, int) or overviews < 0:
+        raise ConfigError(f"overviews {overviews!r} must be an integer >= 0")
     try:
         np_dtype = np.dtype(dtype)
     except TypeError as exc:
@@ -520,10 +576,12 @@ def create_zarr_output(
         raise ConfigError(f"shards {shards2} must be multiples of chunks {chunks2}")
     fill = _check_fill(fill_value, np_dtype)
     meta = _prepare_attrs(attrs, (shape3[1], shape3[2]))
+    meta["overviews"] = overviews
 
     mode = check_output_target(spec, overwrite=overwrite, resume=resume)
     if mode == "resume":
-        return _open_for_resume(spec, shape3, np_dtype, chunks2, shards2, meta.get("job"))
+        return _open_for_resume(spec, shape3, np_dtype, chunks2, shards2, meta.get("job"),
+                                overviews)
     loc = spec.location
     if mode == "overwrite":
         fs, path = loc.fs()
@@ -533,10 +591,16 @@ def create_zarr_output(
     from zarr.codecs import Crc32cCodec, ZstdCodec
 
     n_bands = shape3[0]
+    paths = [level_path(lv) for lv in range(overviews + 1)]
+    shapes = [level_shape((shape3[1], shape3[2]), lv) for lv in range(overviews + 1)]
+    group_attrs: dict[str, Any] = {"created_by": CREATED_BY, **geo_group_attrs(meta.get("crs"))}
+    if overviews:
+        ms = multiscales_attrs(paths, shapes, meta.get("transform"))
+        group_attrs["zarr_conventions"] = (group_attrs.get("zarr_conventions", [])
+                                           + ms.pop("zarr_conventions"))
+        group_attrs.update(ms)
     try:
-        group = zarr.create_group(
-            _store(loc, read_only=False), attributes={"created_by": CREATED_BY}
-        )
+        group = zarr.create_group(_store(loc, read_only=False), attributes=group_attrs)
         group.create_array(
             ARRAY_NAME,
             shape=shape3,
@@ -548,6 +612,20 @@ def create_zarr_output(
             attributes=meta,
             dimension_names=("band", "y", "x"),
         )
+        for lv in range(1, overviews + 1):
+            lc = level_chunk(min(chunks2), lv)
+            lt = (level_transform(meta["transform"], lv) if meta.get("transform") is not None
+                  else None)
+            level_meta = {"overview_level": lv, "overview_of": ARRAY_NAME,
+                          "resampling": "average", "crs": meta.get("crs"), "transform": lt,
+                          "nodata": meta.get("nodata"), "value_range": meta.get("value_range"),
+                          **geo_attrs(meta.get("crs"), lt, shapes[lv])}
+            group.create_array(
+                paths[lv], shape=(n_bands, *shapes[lv]), dtype=np_dtype,
+                chunks=(n_bands, lc, lc), fill_value=fill,
+                compressors=(ZstdCodec(level=0), Crc32cCodec()),
+                attributes=_jsonable(level_meta, "overview attrs"),
+                dimension_names=("band", "y", "x"))
         group.create_group(
             MANIFEST_DIR, attributes={"description": "done-tile records (pipeline.io.manifest)"}
         )

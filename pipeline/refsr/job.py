@@ -274,12 +274,13 @@ def prepare_refsr(cfg: RefSRConfig) -> RefJobPlan:
                                 align_tol=cfg.align_tol)
     vr = parse_value_range(cfg.value_range or default_value_range(info.dtype))
     rvr = parse_value_range(cfg.ref_value_range or default_value_range(ref.dtype))
-    grid = cfg.grid
+    cfg.grid  # noqa: B018 - checks shard and tile before the model loads
     spec, halo, sha = _model_info(cfg.model)
+    max_tile = default_ref_tile(halo, cfg.ref_margin, cfg.grid, in_shape=(h, w))
+    levels, grid = cfg.levels_and_grid(out_shape, max_tile)
     if cfg.tile is None:  # near-equal tiles no larger than the cost-optimal side
         tiles = balanced_plan((h, w), out_shape, halo=halo, grid=grid, workers=cfg.workers,
-                              max_tile=default_ref_tile(halo, cfg.ref_margin, grid,
-                                                        in_shape=(h, w)))
+                              max_tile=max(max_tile, grid))
     else:
         tiles = plan_tiles((h, w), out_shape, tile=cfg.tile, halo=halo, chunk=grid)
     tile = plan_summary(tiles)
@@ -304,7 +305,7 @@ def prepare_refsr(cfg: RefSRConfig) -> RefJobPlan:
     })
     return RefJobPlan(bands=C, in_shape=(h, w), out_shape=out_shape, dtype=info.dtype,
                       nodata=info.nodata, value_range=vr, tiles=tiles, tile=tile, halo=halo,
-                      attrs=attrs, alignment=alignment, ref_value_range=rvr,
+                      attrs=attrs, overviews=levels, alignment=alignment, ref_value_range=rvr,
                       global_search=global_search)
 
 

@@ -64,6 +64,7 @@ class JobPlan:
     tile: int
     halo: int
     attrs: dict[str, Any] = field(default_factory=dict)
+    overviews: int = 0
 
 
 class ModelFamily(Protocol):
@@ -205,7 +206,7 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
         cfg.output, shape=(plan.bands, H, W), dtype=plan.dtype, chunks=(cfg.chunk, cfg.chunk),
         shards=(cfg.shard, cfg.shard) if cfg.shard else None,
         fill_value=plan.nodata if finite_nodata else 0, attrs=plan.attrs,
-        overwrite=cfg.overwrite, resume=cfg.resume)
+        overwrite=cfg.overwrite, resume=cfg.resume, overviews=plan.overviews)
     records, verify_inputs = _trusted_records(cfg, out, plan) if cfg.resume else ({}, False)
     tiles = plan.tiles.tiles()
     work = [(t, records.get(t.key)) for t in tiles]
@@ -266,7 +267,7 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
                           for k in ("read", "compute", "write", "wait")},
         "tiles_in_flight_per_worker": cfg.depth,
         **_precision_summary(fresh),
-        "tile": plan.tile, "halo": plan.halo,
+        "tile": plan.tile, "halo": plan.halo, "overviews": plan.overviews,
         "useful_fraction": plan.tiles.stats()["useful_fraction"],
         "output_mpx": round(H * W / 1e6, 3), "seconds": round(progress.seconds, 3),
         "mpx_per_s": round(progress.mpx_per_s, 4), "executor": executor.name,

@@ -65,6 +65,7 @@ class OutputOptions:
     preview: str | None = None  # also write a downsampled PNG preview here
     summary: str | None = None  # also write the JSON summary here
     working_output: bool = False  # the Zarr only feeds --cog: removed once the COG is complete
+    overviews: int | None = None  # overview levels in the Zarr (None: as many as fit, <= 512 px)
 
     def __post_init__(self) -> None:
         if self.working_output and not self.cog:
@@ -73,6 +74,30 @@ class OutputOptions:
             raise ConfigError(f"chunk {self.chunk!r} must be >= 16 pixels")
         if self.overwrite and self.resume:
             raise ConfigError("--overwrite and --resume exclude each other")
+        if self.overviews is not None and (isinstance(self.overviews, bool) or not isinstance(
+                self.overviews, int) or not 0 <= self.overviews <= 12):
+            raise ConfigError(f"overviews {self.overviews!r} must be an integer in 0..12")
+
+    def levels_and_grid(self, out_shape: tuple[int, int], max_tile: int) -> tuple[int, int]:
+        """``(overview levels, tile grid)``: the levels asked for (default: halvings until the
+        smaller level fits 512 px, as far as tiles of ``max_tile`` allow) and the side every tile
+        is a multiple of (shard or chunk, and whole chunks at every level)."""
+        import math
+
+        from pipeline.io.pyramid import default_levels, pyramid_grid
+
+        base = self.grid
+        levels = (default_levels(out_shape, self.chunk, max(max_tile, base))
+                  if self.overviews is None else self.overviews)
+        if self.overviews is None and self.tile is not None:  # an explicit tile wins
+            while levels and self.tile % math.lcm(base, pyramid_grid(self.chunk, levels)):
+                levels -= 1
+        grid = math.lcm(base, pyramid_grid(self.chunk, levels))
+        if self.tile is not None and self.tile % grid:
+            raise ConfigError(f"tile {self.tile} must be a multiple of {grid} for {levels} "
+                              f"overview level(s) of chunk {self.chunk} (each tile must own whole "
+                              "chunks at every level): change --tile or --overviews")
+        return levels, grid
 
     @property
     def grid(self) -> int:
