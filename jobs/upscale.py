@@ -3,6 +3,7 @@
 examples:
   liif upscale --input scene.tif --output scene_x4.zarr --scale 4
   liif upscale --input scene.tif --output scene_x4.tif --scale 4     # a COG, no Zarr kept
+  liif upscale --input scene.tif --output scene.zarr --scale 2 4 8   # 3 sizes, one pass
   liif upscale --input s3://bucket/scene.tif --output s3://bucket/x4.zarr --scale 2.5 \\
       --workers 8 --gpus-per-worker 1 --cog x4.tif --preview x4.png
   liif upscale --input lr.tif --reference ref.tif --output sr.zarr --model TTSR.pt  # TTSR x4
@@ -82,8 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "in .tif/.tiff, a Cloud-Optimised GeoTIFF")
     p.add_argument("--output-storage-options", type=_parse_json)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--scale", type=_parse_scale, help="e.g. 4, 2.7, 0.5 or SY,SX like 2,3.5")
-    g.add_argument("--size", type=_parse_size, help="exact output size WIDTHxHEIGHT")
+    g.add_argument("--scale", type=_parse_scale, nargs="+", metavar="S",
+                   help="e.g. 4, 2.7, 0.5 or SY,SX like 2,3.5; several (--scale 2 4 8) render "
+                   "every size from one encoder pass per tile: the largest is the group's "
+                   "'image', the others scales/x<S>/image")
+    g.add_argument("--size", type=_parse_size, nargs="+", metavar="WxH",
+                   help="exact output size WIDTHxHEIGHT (several: as for --scale, under "
+                   "scales/<W>x<H>/image)")
     p.add_argument("--model", default="edsr-baseline-liif",
                    help="checkpoint path (ours, or official LIIF .pth) or a bundled name")
     p.add_argument("--tile", type=int, help="output tile side (multiple of --chunk / --shard)")
@@ -112,8 +118,32 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--max-output-pixels", type=_parse_count, default=None, metavar="N",
                    help="refuse larger outputs (default 4e9 = 4 Gpx; accepts 1e12, 10G, 4_000_000)")
+    p.add_argument("--codec", default="auto", metavar="NAME[:LEVEL]",
+                   help="Zarr compressor, always followed by a CRC32C checksum: auto (zstd for "
+                   "8-bit data, blosc-zstd with byte shuffle for wider dtypes; chosen by "
+                   "measurement), zstd, blosc-zstd, blosc-lz4, none; e.g. zstd:5")
+    p.add_argument("--zarr-format", type=int, choices=[2, 3], default=3,
+                   help="3 (default): Zarr v3 with GeoZarr attributes; 2: the layout GDAL 3.10 "
+                   "opens with CRS, geotransform and nodata (x/y coordinates, _CRS; no --shard, "
+                   "zstd only; GDAL reads no overviews from it)")
     p.add_argument("--cog", help="also export a Cloud-Optimised GeoTIFF to this path")
+    p.add_argument("--cog-compress", default="deflate",
+                   choices=["deflate", "zstd", "lzw", "lerc", "lerc_deflate", "lerc_zstd", "none"],
+                   help="COG codec (default deflate, readable everywhere; zstd:1 is ~4x faster "
+                   "at the same size; lerc for floats)")
+    p.add_argument("--cog-level", type=int, default=None, help="COG codec level")
+    p.add_argument("--cog-max-z-error", type=float, default=0.0,
+                   help="LERC: largest error allowed (default 0 = lossless)")
+    p.add_argument("--cog-threads", type=int, default=None,
+                   help="GDAL compression threads for --cog (default: all CPUs)")
     p.add_argument("--preview", help="also write a downsampled PNG preview to this path")
+    p.add_argument("--preview-size", type=int, default=1024, metavar="PX",
+                   help="longer side of the --preview (default 1024)")
+    p.add_argument("--compare", metavar="PNG",
+                   help="also write a 1:1 crop of the output where the image has detail, beside "
+                   "the bicubic upscale of the same input crop")
+    p.add_argument("--compare-crop", type=int, default=512, metavar="PX",
+                   help="side of the --compare crop in output pixels (default 512)")
     p.add_argument("--summary", help="also write the JSON summary to this file")
     p.add_argument("--no-progress", action="store_true")
     r = p.add_argument_group("reference-based x4 super-resolution (TTSR; scale fixed at 4)")
@@ -177,6 +207,8 @@ def _run_reference(parser: argparse.ArgumentParser, a: argparse.Namespace) -> in
 
     if a.scale is not None and a.scale not in (4.0, (4.0, 4.0)):
         parser.error(f"--reference runs TTSR at a fixed x4; got --scale {a.scale}")
+    if a.products:
+        parser.error("--reference renders one output size (TTSR x4); give one --scale/--size")
     from pipeline.io.sources import SourceSpec
     from pipeline.io.zarr_output import OutputSpec
     from pipeline.refsr import RefSRConfig, run_refsr
@@ -237,7 +269,10 @@ def _common_options(a: argparse.Namespace) -> dict:
         # 0 is an error, not "unset"
         **({} if a.max_output_pixels is None else {"max_output_pixels": a.max_output_pixels}),
         cog=a.cog, preview=a.preview, summary=a.summary, progress=not a.no_progress,
-        depth=a.tiles_in_flight, working_output=a.working_output, overviews=a.overviews)
+        depth=a.tiles_in_flight, working_output=a.working_output, overviews=a.overviews,
+        codec=a.codec, zarr_format=a.zarr_format, cog_compress=a.cog_compress,
+        cog_level=a.cog_level, cog_max_z_error=a.cog_max_z_error, cog_threads=a.cog_threads,
+        preview_size=a.preview_size, compare=a.compare, compare_crop=a.compare_crop)
 
 
 def _run_and_report(a: argparse.Namespace, build: Callable[[], Any],
@@ -311,7 +346,7 @@ def _check_job_paths(parser: argparse.ArgumentParser, a: argparse.Namespace) -> 
         working_dir = None
     if not working_dir:
         return
-    for flag in ("input", "output", "reference", "cog", "preview", "summary"):
+    for flag in ("input", "output", "reference", "cog", "preview", "compare", "summary"):
         value = getattr(a, flag, None)
         if isinstance(value, str) and value and "://" not in value and not value.startswith(
                 ("/", "~")):
@@ -331,6 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(k, v)
     parser = build_parser()
     a = parser.parse_args(argv)
+    a.products = ()
+    for name in ("scale", "size"):  # the first size; the others are further products
+        values = getattr(a, name)
+        if values:
+            setattr(a, name, values[0])
+            a.products = tuple(values[1:])
     demo = a.input is None
     if demo and a.reference is not None:
         parser.error("--reference needs --input (the demo has no reference)")
@@ -366,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             source=SourceSpec(a.input, array_path=a.array_path, layout=a.layout,
                               storage_options=a.storage_options, bands=a.bands),
             output=OutputSpec(a.output, a.output_storage_options),
-            scale=a.scale, size=a.size, model=a.model,
+            scale=a.scale, size=a.size, model=a.model, products=a.products,
             **_common_options(a))
 
     return _run_and_report(a, build, run_upscale)

@@ -72,13 +72,15 @@ def upscale(model: LIIF, image: torch.Tensor, *, scale: float | tuple[float, flo
 
 def decode(model: LIIF, feat: torch.Tensor, *, in_shape: tuple[int, int], out_shape: tuple[int, int],
            rows: tuple[int, int], cols: tuple[int, int], offset: tuple[int, int] = (0, 0),
-           chunk_pixels: int = 4096, precision: str = "fp32") -> torch.Tensor:
+           chunk_pixels: int = 4096, precision: str = "fp32",
+           first: torch.Tensor | None = None) -> torch.Tensor:
     """Decode output ``rows x cols`` from latents ``feat`` ``(B, C, hf, wf)`` of a window at
     ``offset`` in an image of ``in_shape``; returns ``(B, 3, nr, nc)`` float32 in model range.
 
     The first-layer map is computed once; pixels are decoded in blocks of about ``chunk_pixels``.
+    ``first``: that map (:func:`first_map`) when several sizes decode from the same latents.
     """
-    z = first_layer(model, feat).to(_dtype_for(precision))  # gathered per chunk: cast once
+    z = first if first is not None else first_map(model, feat, precision)
     (r0, r1), (c0, c1) = rows, cols
     out = torch.empty(feat.shape[0], model.imnet.out_dim, r1 - r0, c1 - c0, dtype=torch.float32,
                       device=feat.device)
@@ -92,6 +94,12 @@ def decode(model: LIIF, feat: torch.Tensor, *, in_shape: tuple[int, int], out_sh
                 model, z, in_shape=in_shape, out_shape=out_shape, rows=(a, b), cols=(c, d),
                 offset=offset, precision=precision).float()
     return out
+
+
+def first_map(model: LIIF, feat: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """The hoisted first layer of the decoder over the latent grid, in the decode dtype; it does
+    not depend on the output size, so one map serves every size decoded from ``feat``."""
+    return first_layer(model, feat).to(_dtype_for(precision))  # gathered per chunk: cast once
 
 
 def cell_for(out_shape: tuple[int, int], q: int, *, dtype: torch.dtype = torch.float32,

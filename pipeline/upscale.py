@@ -18,6 +18,7 @@ from pipeline.geometry.affine import scaled_transform
 from pipeline.geometry.tiling import (
     Tile,
     TilePlan,
+    Window,
     balanced_plan,
     check_output_size,
     default_tile_for,
@@ -27,8 +28,8 @@ from pipeline.geometry.tiling import (
 )
 from pipeline.io.sources import SourceInfo, SourceSpec, probe_source
 from pipeline.io.values import default_value_range, merge_groups, parse_value_range
-from pipeline.io.zarr_output import ZarrOutput
-from pipeline.run.engine import ExecutorFactory, JobPlan, Role, model_location, run_job
+from pipeline.io.zarr_output import PRODUCTS_GROUP, ZarrOutput
+from pipeline.run.engine import ExecutorFactory, JobPlan, Product, Role, model_location, run_job
 from pipeline.run.options import DEFAULT_MAX_OUTPUT_PIXELS, JobOptions
 from pipeline.run.worker import BaseTileWorker, TileJob
 
@@ -49,12 +50,22 @@ class UpscaleConfig(JobOptions):
     model: str = "edsr-baseline-liif"
     value_range: tuple[float, float] | None = None
     precision: str = "auto"  # bf16 where the hardware has it natively, else fp32
+    #: further products from the same tiles: scales when ``scale`` is given, sizes (H, W) when
+    #: ``size`` is; the largest output is ``image``, the others ``scales/<label>/image``
+    products: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if (self.scale is None) == (self.size is None):
             raise ConfigError(f"give exactly one of scale or size (got scale={self.scale!r}, "
                               f"size={self.size!r})")
+        if self.products and self.working_output:
+            raise ConfigError("several scales need a Zarr --output (a .tif --output holds one "
+                              "image); write the Zarr and export each product from it")
+        labels = [product_label(v, self.scale is not None)
+                  for v in (self.scale if self.scale is not None else self.size, *self.products)]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"the output sizes {labels} repeat one: give each once")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r} is not one of auto, fp32, bf16, fp16")
 
@@ -84,24 +95,61 @@ class TileWorker(BaseTileWorker):
 
     def infer(self, tile: Tile, unit: np.ndarray, more: Any = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
+        outs, extra = self.infer_targets(tile.in_window, unit,
+                                         [(tile.out_window, self.job.out_shape)])
+        return outs[0], extra
+
+    def infer_targets(self, window: Window, unit: np.ndarray,
+                      targets: list[tuple[Window, tuple[int, int]]]
+                      ) -> tuple[list[np.ndarray], dict[str, Any]]:
+        """Encode ``unit`` (input ``window``) once per band group and decode every target
+        ``(out window, out shape)`` from the same latents, in the global frame of each size."""
         import torch
 
-        from liif.infer import decode, normalize
+        from liif.infer import decode, first_map, normalize
 
-        job, iw, ow = self.job, tile.in_window, tile.out_window
+        job = self.job
         x = torch.from_numpy(np.ascontiguousarray(unit)).to(self.device)
-        outs = []
+        per_target: list[list[np.ndarray]] = [[] for _ in targets]
         with torch.inference_mode():
             for g in self.groups:
                 img = normalize(x[list(g)]).unsqueeze(0)
                 feat = self.model.encode(img)
-                pred = decode(self.model, feat, in_shape=job.in_shape, out_shape=job.out_shape,
-                              rows=(ow.row0, ow.row1), cols=(ow.col0, ow.col1),
-                              offset=(iw.row0, iw.col0), chunk_pixels=job.chunk_pixels,
-                              precision=self.precision)[0]
-                outs.append((pred * 0.5 + 0.5).clamp_(0, 1).cpu().numpy())
-        merged = merge_groups(outs, self.groups, tuple(range(self.source.shape[0])))
+                first = first_map(self.model, feat, self.precision)  # shared by every size
+                for outs, (ow, shape) in zip(per_target, targets, strict=True):
+                    pred = decode(self.model, feat, in_shape=job.in_shape, out_shape=shape,
+                                  rows=(ow.row0, ow.row1), cols=(ow.col0, ow.col1),
+                                  offset=(window.row0, window.col0),
+                                  chunk_pixels=job.chunk_pixels, precision=self.precision,
+                                  first=first)[0]
+                    outs.append((pred * 0.5 + 0.5).clamp_(0, 1).cpu().numpy())
+        bands = tuple(range(self.source.shape[0]))
+        merged = [merge_groups(outs, self.groups, bands) for outs in per_target]
         return merged, {"precision": self.precision, "precision_why": self.precision_why}
+
+
+def product_label(value: Any, is_scale: bool) -> str:
+    """``x4``, ``x2.5``, ``x2_3`` for scales (SY, SX); ``4000x3000`` (W x H) for sizes."""
+    if is_scale:
+        sy, sx = (value, value) if not isinstance(value, tuple | list) else value
+        return f"x{float(sy):g}" if float(sy) == float(sx) else f"x{float(sy):g}_{float(sx):g}"
+    h, w = value
+    return f"{int(w)}x{int(h)}"
+
+
+def _out_shape(cfg: UpscaleConfig, value: Any, in_shape: tuple[int, int]) -> tuple[int, int]:
+    try:
+        shape = (out_size_for_scale(in_shape, value) if cfg.scale is not None
+                 else (int(value[0]), int(value[1])))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if min(shape) < 1:
+        raise ConfigError(f"output size {shape} must be positive")
+    try:
+        check_output_size(shape, cfg.max_output_pixels)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return shape
 
 
 def _model_info(model_ref: str) -> tuple[dict[str, Any], int, str]:
@@ -142,17 +190,13 @@ def prepare(cfg: UpscaleConfig) -> JobPlan:
     """Validate the job and compute its plan; writes nothing. The model loads last."""
     info = probe_source(cfg.source)
     C, h, w = info.shape
-    try:
-        out_shape = (out_size_for_scale((h, w), cfg.scale) if cfg.size is None
-                     else (int(cfg.size[0]), int(cfg.size[1])))
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    if min(out_shape) < 1:
-        raise ConfigError(f"output size {out_shape} must be positive")
-    try:
-        check_output_size(out_shape, cfg.max_output_pixels)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+    is_scale = cfg.scale is not None
+    sizes = [(v, _out_shape(cfg, v, (h, w)))
+             for v in (cfg.scale if is_scale else cfg.size, *cfg.products)]
+    # the largest output is the main one ('image', tiled, with overviews); the others follow
+    main = max(range(len(sizes)), key=lambda i: (sizes[i][1][0] * sizes[i][1][1], -i))
+    out_shape = sizes[main][1]
+    others = [sizes[i] for i in range(len(sizes)) if i != main]
     vr = parse_value_range(cfg.value_range or default_value_range(info.dtype))
     cfg.grid  # noqa: B018 - checks shard and tile before the model loads
     spec, halo, sha = _model_info(cfg.model)
@@ -172,9 +216,18 @@ def prepare(cfg: UpscaleConfig) -> JobPlan:
                     "value_range": list(vr), "tile": tile, "precision": cfg.precision,
                     "starts": [list(s) for s in tiles.starts] if tiles.starts else None}
     attrs["input_identity"] = {"input": info.identity}
+    products = []
+    for value, shape in others:
+        pattrs = base_attrs(cfg, info, shape, scale_of((h, w), shape), vr, attrs["model"])
+        pattrs["product_of"] = "image"
+        products.append(Product(f"{PRODUCTS_GROUP}/{product_label(value, is_scale)}", shape,
+                                pattrs))
+    if products:
+        attrs["job"]["products"] = [[p.path, list(p.out_shape)] for p in products]
+        attrs["products"] = [p.array for p in products]
     return JobPlan(bands=C, in_shape=(h, w), out_shape=out_shape, dtype=info.dtype,
                    nodata=info.nodata, value_range=vr, tiles=tiles, tile=tile, halo=halo,
-                   attrs=attrs, overviews=levels)
+                   attrs=attrs, overviews=levels, products=tuple(products))
 
 
 def canonical(cfg: Any, *more: str) -> Any:

@@ -16,6 +16,12 @@ for _k, _v in {
 }.items():
     os.environ.setdefault(_k, _v)
 
+# Ray binds its log handler to the sys.stderr of the moment it is first imported (ray 2.x,
+# PlainRayHandler). Imported inside a test that uses capsys, that stream is closed after the
+# test and every later Ray log line becomes a '--- Logging error ---' traceback. Importing it
+# here binds it to pytest's session-long capture instead.
+import ray  # noqa: E402
+
 SHARED_DATA = Path(
     os.environ.get("LIIF_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
 ).resolve()
@@ -40,8 +46,6 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def ray_local():
     """An in-process local Ray (4 logical CPUs on loopback), shared by the whole session."""
-    import ray
-
     if not ray.is_initialized():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})

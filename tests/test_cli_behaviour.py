@@ -200,3 +200,97 @@ def test_without_an_address_a_fresh_local_ray_starts(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     ray_executor.ensure_ray()
     assert calls and calls[0]["address"] == "local"
+
+
+def _codec_names(arr: zarr.Array) -> list[str]:
+    return [type(c).__name__ for c in arr.metadata.codecs]
+
+
+@pytest.mark.parametrize(("dtype", "expected"), [("uint8", "ZstdCodec"), ("uint16", "BloscCodec"),
+                                                 ("float32", "BloscCodec")])
+def test_auto_codec_follows_the_dtype_and_ends_with_a_checksum(
+        tmp_path: Path, tiny_liif: Path, dtype: str, expected: str) -> None:
+    src = zarr.create_array(str(tmp_path / "in.zarr"), shape=(3, 16, 16), dtype=dtype)
+    src[:] = np.random.default_rng(1).integers(1, 200, (3, 16, 16)).astype(dtype)
+    out = tmp_path / "o.zarr"
+    assert _run(["--input", str(tmp_path / "in.zarr"), "--output", str(out), "--scale", "2",
+                 "--model", str(tiny_liif), "--no-progress", *COMMON]) == 0
+    names = _codec_names(zarr.open_group(str(out), mode="r")["image"])
+    assert expected in names and names[-1] == "Crc32cCodec"
+
+
+def test_an_explicit_codec_and_level_are_used(tmp_path: Path, src: str, tiny_liif: Path) -> None:
+    out = tmp_path / "o.zarr"
+    assert _run(["--input", src, "--output", str(out), "--scale", "2", "--codec", "blosc-lz4:3",
+                 "--model", str(tiny_liif), "--no-progress", *COMMON]) == 0
+    arr = zarr.open_group(str(out), mode="r")["image"]
+    blosc = [c for c in arr.metadata.codecs if type(c).__name__ == "BloscCodec"]
+    assert blosc and blosc[0].cname.value == "lz4" and blosc[0].clevel == 3
+
+
+@pytest.mark.parametrize(("flags", "needle"), [
+    (["--codec", "gzip"], "gzip"), (["--codec", "zstd:99"], "99"),
+    (["--codec", "zstd:x"], "zstd:x"),
+    (["--cog", "c.tif", "--cog-compress", "lerc", "--cog-max-z-error", "-1"], "-1"),
+    (["--cog", "c.tif", "--cog-threads", "0"], "--cog-threads"),
+    (["--preview", "p.png", "--preview-size", "0"], "--preview-size"),
+    (["--compare", "c.png", "--compare-crop", "8"], "--compare-crop")])
+def test_bad_output_options_fail_before_anything_is_written(
+        tmp_path: Path, src: str, tiny_liif: Path, flags: list[str], needle: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    flags = [str(tmp_path / f) if f.endswith((".tif", ".png")) else f for f in flags]
+    out = tmp_path / "o.zarr"
+    assert _run(["--input", src, "--output", str(out), "--scale", "2", "--model",
+                 str(tiny_liif), "--no-progress", *COMMON, *flags]) == 2
+    assert needle in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr"]
+
+
+def test_compare_writes_output_beside_bicubic(tmp_path: Path, tiny_liif: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+    src = zarr.create_array(str(tmp_path / "in.zarr"), shape=(3, 40, 40), dtype="uint8")
+    src[:] = np.random.default_rng(2).integers(0, 255, (3, 40, 40), dtype=np.uint8)
+    cmp_png = tmp_path / "cmp.png"
+    assert _run(["--input", str(tmp_path / "in.zarr"), "--output", str(tmp_path / "o.zarr"),
+                 "--scale", "2", "--compare", str(cmp_png), "--compare-crop", "32",
+                 "--model", str(tiny_liif), "--no-progress", *COMMON]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["compare"]["path"] == str(cmp_png)
+    with Image.open(cmp_png) as im:
+        w, h = im.size
+    assert h == 32 and w >= 64  # two 32-px panels side by side
+    (r0, r1), (c0, c1) = summary["compare"]["output_window"]
+    assert (r1 - r0, c1 - c0) == (32, 32)
+    assert summary["compare"]["shape"][0] == h and summary["compare"]["shape"][1] == w
+    out = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")["image"]
+    left = np.asarray(Image.open(cmp_png).convert("RGB"))[:, :32].transpose(2, 0, 1)
+    np.testing.assert_array_equal(left, out[:, r0:r1, c0:c1])  # the left panel is the output
+
+
+def test_preview_reads_the_smallest_adequate_overview(tmp_path: Path, tiny_liif: Path) -> None:
+    from PIL import Image
+
+    from pipeline.io.zarr_output import OutputSpec, open_zarr_output
+    src = zarr.create_array(str(tmp_path / "in.zarr"), shape=(3, 128, 128), dtype="uint8")
+    src[:] = np.random.default_rng(3).integers(0, 255, (3, 128, 128), dtype=np.uint8)
+    out = tmp_path / "o.zarr"
+    prev = tmp_path / "p.png"
+    assert _run(["--input", str(tmp_path / "in.zarr"), "--output", str(out), "--scale", "2",
+                 "--overviews", "2", "--chunk", "64", "--tile", "256", "--preview", str(prev),
+                 "--preview-size", "64", "--model", str(tiny_liif), "--no-progress",
+                 *COMMON]) == 0
+    z = open_zarr_output(OutputSpec(str(out)))
+    assert z.levels == 2
+    level2 = z.level(2)[:]  # 64 x 64: exactly the preview size
+    shown = np.asarray(Image.open(prev)).transpose(2, 0, 1)
+    np.testing.assert_array_equal(shown, level2)
+
+
+def test_cog_codec_options_reach_the_file(tmp_path: Path, src: str, tiny_liif: Path) -> None:
+    cog = tmp_path / "c.tif"
+    assert _run(["--input", src, "--cog", str(cog), "--scale", "2", "--cog-compress", "zstd",
+                 "--cog-level", "1", "--cog-threads", "1", "--model", str(tiny_liif),
+                 "--no-progress", *COMMON]) == 0
+    with rasterio.open(cog) as ds:
+        assert ds.compression is not None and ds.compression.name.lower() == "zstd"

@@ -41,7 +41,9 @@ __all__ = [
     "out_size_for_scale",
     "output_positions",
     "plan_tiles",
+    "product_window",
     "scale_of",
+    "window_input",
 ]
 
 # Extra input pixels on each side of the latent halo, absorbing float rounding in u_j.
@@ -586,6 +588,40 @@ def balanced_plan(
     tile = tuple(-(-t // grid) * grid for t in tile)
     return TilePlan(in_shape, out_shape, cast("tuple[int, int]", tile), halo, (grid, grid),
                     starts)
+
+
+def _map_boundary(b: int, n_from: int, n_to: int, grid: int) -> int:
+    # the same proportional position, snapped to the nearest multiple of grid; edges stay edges
+    if b >= n_from:
+        return n_to
+    return min(n_to, grid * round(b * n_to / (n_from * grid)))
+
+
+def product_window(window: Window, primary_shape: tuple[int, int],
+                   product_shape: tuple[int, int], grid: int) -> Window:
+    """The window of another output size ("product") that a tile owning ``window`` of the
+    primary output also renders: each boundary maps to the same proportional position, snapped
+    to the product's write ``grid`` (image edges map to edges).
+
+    Boundaries map one by one and monotonically, so the product windows of a plan's tiles
+    partition the product exactly as the tiles partition the primary, each on the product's
+    grid (no two tiles share a chunk). A window may be empty when the product is much smaller.
+    """
+    (H, W), (h, w) = _as_shape("primary_shape", primary_shape), _as_shape(
+        "product_shape", product_shape)
+    grid = _as_int("grid", grid, 1, InvalidParameterError)
+    return Window(_map_boundary(window.row0, H, h, grid), _map_boundary(window.row1, H, h, grid),
+                  _map_boundary(window.col0, W, w, grid), _map_boundary(window.col1, W, w, grid))
+
+
+def window_input(in_shape: tuple[int, int], out_shape: tuple[int, int], window: Window,
+                 halo: int) -> Window:
+    """The input window (with ``halo``, clamped) that decoding output ``window`` of an
+    ``out_shape`` output needs: :func:`input_range` on both axes. ``window`` must not be empty."""
+    (h, w), (H, W) = in_shape, out_shape
+    r0, r1 = input_range(h, H, window.row0, window.row1, halo)
+    c0, c1 = input_range(w, W, window.col0, window.col1, halo)
+    return Window(r0, r1, c0, c1)
 
 
 def check_output_size(out_shape: tuple[int, int], limit: int) -> None:

@@ -23,21 +23,40 @@ _EXPORTS = {
     "OutputSpec": "pipeline.io.zarr_output", "ZarrOutput": "pipeline.io.zarr_output",
     "create_zarr_output": "pipeline.io.zarr_output",
     "export_geotiff": "pipeline.io.exports", "write_png": "pipeline.io.exports",
-    "write_preview_png": "pipeline.io.exports",
+    "write_preview_png": "pipeline.io.exports", "write_comparison_png": "pipeline.io.exports",
+    "codec_options": "pipeline.io.exports", "COMPRESSIONS": "pipeline.io.exports",
+    "CODECS": "pipeline.io.zarr_output", "compressors": "pipeline.io.zarr_output",
+    "geo_group_attrs": "pipeline.io.geozarr",
 }
 
-__all__ = ["Location", "OutputLease", "OutputSpec", "Source", "SourceInfo", "SourceSpec",
-           "TileManifest", "ZarrOutput", "check_disjoint", "check_paths", "create_zarr_output",
-           "export_geotiff", "open_source", "probe_source", "resolve", "write_bytes", "write_png",
-           "write_preview_png"]
+__all__ = ["CODECS", "COMPRESSIONS", "Location", "OutputLease", "OutputSpec", "Source",
+           "SourceInfo", "SourceSpec",
+           "TileManifest", "ZarrOutput", "check_disjoint", "check_paths", "codec_options",
+           "compressors", "create_zarr_output", "export_geotiff", "geo_group_attrs",
+           "open_source", "probe_source", "resolve", "write_bytes", "write_comparison_png",
+           "write_png", "write_preview_png"]
 
 if TYPE_CHECKING:
     from pipeline.io.atomic import write_bytes
-    from pipeline.io.exports import export_geotiff, write_png, write_preview_png
+    from pipeline.io.exports import (
+        COMPRESSIONS,
+        codec_options,
+        export_geotiff,
+        write_comparison_png,
+        write_png,
+        write_preview_png,
+    )
+    from pipeline.io.geozarr import geo_group_attrs
     from pipeline.io.lease import OutputLease
     from pipeline.io.locations import Location, check_disjoint, check_paths, resolve
     from pipeline.io.manifest import TileManifest
     from pipeline.io.sources import Source, SourceInfo, SourceSpec, open_source, probe_source
-    from pipeline.io.zarr_output import OutputSpec, ZarrOutput, create_zarr_output
+    from pipeline.io.zarr_output import (
+        CODECS,
+        OutputSpec,
+        ZarrOutput,
+        compressors,
+        create_zarr_output,
+    )
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

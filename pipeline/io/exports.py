@@ -371,8 +371,10 @@ def write_preview_png(
 ) -> tuple[int, int]:
     """Write a downsampled 8-bit preview of ``output``; returns its (height, width).
 
-    Every s-th row and column (s = ceil(max(H, W) / max_side)) is read chunk-row by chunk-row, so
-    memory holds the preview plus the chunks being decoded, never the whole array. Bands: red,
+    It reads the smallest overview level (block means, :mod:`pipeline.io.pyramid`) that is at
+    least ``max_side`` on its longer side, when the output has levels, else the full level; of
+    that level every s-th row and column (s = ceil(max(H, W) / max_side)) is read chunk-row by
+    chunk-row, so memory holds the preview plus the chunks being decoded. Bands: red,
     green, blue when the ``bands`` attribute names them; else 1 or 2 bands give grey (band 0),
     3 bands RGB, 4+ the first three as RGB. uint8 data is kept as is; other
     dtypes get one 2-98 percentile stretch over all shown bands of the preview (colour balance
@@ -381,13 +383,17 @@ def write_preview_png(
     if not isinstance(max_side, int) or max_side < 1:
         raise ConfigError(f"max_side must be a positive integer, got {max_side!r}")
     check_target(resolve(path, storage_options), overwrite=overwrite, role="preview")
-    c, h, w = output.shape
+    c, full_h, full_w = output.shape
     shown = _display_bands(c, output.attrs)
+    level = 0
+    while level < output.levels and max(full_h, full_w) >> (level + 1) >= max_side:
+        level += 1
+    arr = output.level(level)
+    h, w = arr.shape[1:]
     step = max(1, math.ceil(max(h, w) / max_side))
     ph, pw = math.ceil(h / step), math.ceil(w / step)
     preview = np.empty((len(shown), ph, pw), dtype=output.dtype)
-    arr = output._array()
-    ch = output.chunks[0]
+    ch = arr.chunks[1]
     for r0 in range(0, h, ch):
         r1 = min(r0 + ch, h)
         first = math.ceil(r0 / step) * step

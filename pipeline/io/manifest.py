@@ -141,14 +141,16 @@ class TileManifest:
         return keys
 
     def clear(self) -> None:
-        """Delete every record and stale temporary file (keeps ``_manifest/zarr.json``)."""
+        """Delete every record and stale temporary file (keeps the subgroup's metadata:
+        ``zarr.json``, or ``.zgroup``/``.zattrs`` in Zarr v2)."""
         fs, directory = self._fs_dir
         fs.invalidate_cache(directory)
         try:
             names = fs.ls(directory, detail=False)
         except FileNotFoundError:
             return
-        doomed = [n for n in names if n.rstrip("/").rsplit("/", 1)[-1] != "zarr.json"]
+        doomed = [n for n in names
+                  if n.rstrip("/").rsplit("/", 1)[-1] not in ("zarr.json", ".zgroup", ".zattrs")]
         if doomed:
             fs.rm(doomed, recursive=True)
         fs.invalidate_cache(directory)

@@ -194,6 +194,8 @@ def open_zarr(spec: SourceSpec, store: str, remote: bool) -> Source:
         ) from exc
     except (ValueError, TypeError, KeyError) as exc:
         raise UnsupportedInputError(f"corrupt zarr metadata in {spec.uri!r}: {exc}") from exc
+    if isinstance(node, zarr.Group) and _is_our_output(node):
+        node = node["image"]  # our output: its full level, not the overviews or coordinates
     if isinstance(node, zarr.Group):
         try:
             members = list(node.members(max_depth=None))
@@ -212,6 +214,19 @@ def open_zarr(spec: SourceSpec, store: str, remote: bool) -> Source:
         node = node[arrays[0]]
     layout = _zarr_layout(node.shape, spec.layout, spec.uri)
     return _ZarrSource(spec, node, layout)
+
+
+def _is_our_output(group: Any) -> bool:
+    """Whether ``group`` is an output of this project (``created_by`` marker, ``image`` array):
+    read as an input it means its full level, beside overviews and coordinate arrays."""
+    if not str(group.attrs.get("created_by", "")).startswith("liif-pipeline"):
+        return False
+    import zarr
+
+    try:
+        return isinstance(group["image"], zarr.Array)
+    except KeyError:
+        return False
 
 
 # ----------------------------------------------------------------------------------- rasterio

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.geometry.tiling import Tile, balanced_plan, plan_tiles
+from pipeline.geometry.tiling import Tile, Window, balanced_plan, plan_tiles
 from pipeline.io.sources import SourceSpec, probe_source
 from pipeline.io.values import default_value_range
 from pipeline.io.zarr_output import ZarrOutput
@@ -89,7 +89,7 @@ class NullTileWorker(BaseTileWorker):
             self._tiles[shape] = data
         return data
 
-    def _read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray, str, Any]:
+    def _read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray, str, Any, Window]:
         t0 = time.perf_counter()
         out = super()._read(tile)
         if self.read_s:
@@ -97,24 +97,25 @@ class NullTileWorker(BaseTileWorker):
         self._log(tile, "read", t0, time.perf_counter())
         return out
 
-    def _infer(self, tile: Tile, read: Any) -> tuple[np.ndarray, np.ndarray, str, dict[str, Any]]:
-        _, invalid, digest, _ = read
+    def _infer(self, tile: Tile, read: Any) -> tuple[list[np.ndarray], dict[str, Any]]:
+        digest = read[2]
         t0 = time.perf_counter()
         with self._compute_lock:
             t1 = time.perf_counter()
             if self.compute_s or self.extra_s:
                 time.sleep(self.compute_s + self.extra_s)
-            data = self._tile_data(tile.out_window.shape)
+            data = [self._tile_data(w.shape) for _, w, _ in self._targets(tile)]
             self._log(tile, "compute", t1, time.perf_counter())
-        return data, invalid, digest, {"wait_s": round(t1 - t0, 4)}
+        return data, {"wait_s": round(t1 - t0, 4), "inputs": {"input": digest}}
 
-    def _finish(self, tile: Tile, merged: np.ndarray, invalid: np.ndarray, digest: str,
-                extra: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-        return merged, {**extra, "inputs": {"input": digest}, "nudged": 0, "nodata_pixels": 0}
+    def _finish(self, read: Any, ow: Window, out_shape: tuple[int, int], merged: np.ndarray
+                ) -> tuple[np.ndarray, int, int]:
+        return merged, 0, 0  # already in the output dtype; the null model knows no nodata
 
-    def _write(self, tile: Tile, data: np.ndarray) -> dict[str, str]:
+    def _write(self, tile: Tile, output: ZarrOutput, ow: Window, data: np.ndarray
+               ) -> dict[str, str]:
         t0 = time.perf_counter()
-        out = super()._write(tile, data)
+        out = super()._write(tile, output, ow, data)
         if self.write_s:
             time.sleep(self.write_s)
         self._log(tile, "write", t0, time.perf_counter())

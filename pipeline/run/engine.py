@@ -25,7 +25,7 @@ import numpy as np
 from pipeline.errors import ConfigError, InputReadError, PipelineError
 from pipeline.geometry.tiling import TilePlan
 from pipeline.io.atomic import check_target, write_bytes
-from pipeline.io.exports import export_geotiff, write_preview_png
+from pipeline.io.exports import export_geotiff, write_comparison_png, write_preview_png
 from pipeline.io.lease import OutputLease
 from pipeline.io.locations import Location, check_disjoint, resolve
 from pipeline.io.zarr_output import ZarrOutput, check_output_target, create_zarr_output
@@ -34,7 +34,7 @@ from pipeline.run.options import JobOptions
 from pipeline.run.progress import Progress
 from pipeline.run.worker import TileJob
 
-__all__ = ["UNREADABLE_MARK", "ExecutorFactory", "JobPlan", "ModelFamily", "Role",
+__all__ = ["UNREADABLE_MARK", "ExecutorFactory", "JobPlan", "ModelFamily", "Product", "Role",
            "model_location", "run_job"]
 
 #: output attribute set when a run stopped on an unreadable input (cleared when a run completes)
@@ -65,6 +65,22 @@ class JobPlan:
     halo: int
     attrs: dict[str, Any] = field(default_factory=dict)
     overviews: int = 0
+    #: further products rendered by the same tiles (LIIF: other sizes from one encoding)
+    products: tuple[Product, ...] = ()
+
+
+@dataclass(frozen=True)
+class Product:
+    """A further output of the job at another size: the group ``path`` (``scales/<label>``)
+    holding its array ``image``, its ``out_shape`` ``(H, W)`` and attributes."""
+
+    path: str
+    out_shape: tuple[int, int]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def array(self) -> str:
+        return f"{self.path}/image"
 
 
 class ModelFamily(Protocol):
@@ -98,6 +114,7 @@ def _export_roles(cfg: JobOptions) -> list[tuple[str, Location | None, bool]]:
     # --output x.tif is a COG written through a working Zarr: its flag is --output
     return [("--output" if cfg.working_output else "--cog", loc(cfg.cog), cfg.overwrite),
             ("--preview", loc(cfg.preview), cfg.overwrite or cfg.resume),
+            ("--compare", loc(cfg.compare), cfg.overwrite or cfg.resume),
             ("--summary", loc(cfg.summary), cfg.overwrite or cfg.resume)]
 
 
@@ -127,7 +144,7 @@ def run_job(cfg: JobOptions, family: ModelFamily, *,
         summary.update(family.describe(cfg, plan))
         if lease.taken_over:
             summary["lease_taken_over_from"] = lease.describe(lease.taken_over)
-        summary_loc = exports[2][1]
+        summary_loc = exports[-1][1]
         if summary_loc is not None:
             write_bytes(summary_loc, (json.dumps(summary) + "\n").encode())
     return summary
@@ -180,7 +197,10 @@ def plan_line(cfg: JobOptions, plan: JobPlan, *, verified: int = 0) -> str:
     th, tw = plan.tiles.tile_shape
     workers = cfg.workers if cfg.executor == "ray" else 1
     redo = f", {verified} finished earlier (verified first)" if verified else ""
-    return (f"plan: {plan.in_shape[1]} x {plan.in_shape[0]} -> {W} x {H} x {plan.bands} "
+    also = "".join(f" + {p.path} {p.out_shape[1]} x {p.out_shape[0]}" for p in plan.products)
+    raw += sum(p.out_shape[0] * p.out_shape[1] for p in plan.products) * plan.bands * np.dtype(
+        plan.dtype).itemsize
+    return (f"plan: {plan.in_shape[1]} x {plan.in_shape[0]} -> {W} x {H}{also} x {plan.bands} "
             f"{np.dtype(plan.dtype).name} ({H * W / 1e6:,.1f} Mpx, {raw / 1e9:,.2f} GB "
             f"uncompressed), {len(plan.tiles)} tiles of up to {tw} x {th}{redo}, {workers} "
             f"worker(s) x {cfg.depth} tiles in flight ({cfg.executor}); the ETA follows the "
@@ -206,12 +226,16 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
         cfg.output, shape=(plan.bands, H, W), dtype=plan.dtype, chunks=(cfg.chunk, cfg.chunk),
         shards=(cfg.shard, cfg.shard) if cfg.shard else None,
         fill_value=plan.nodata if finite_nodata else 0, attrs=plan.attrs,
-        overwrite=cfg.overwrite, resume=cfg.resume, overviews=plan.overviews)
+        overwrite=cfg.overwrite, resume=cfg.resume, overviews=plan.overviews, codec=cfg.codec,
+        zarr_format=cfg.zarr_format,
+        products=[(p.path, p.out_shape, p.attrs) for p in plan.products])
     records, verify_inputs = _trusted_records(cfg, out, plan) if cfg.resume else ({}, False)
     tiles = plan.tiles.tiles()
     work = [(t, records.get(t.key)) for t in tiles]
     job = replace(family.make_job(cfg, plan, out), depth=cfg.depth,
-                  verify_inputs=verify_inputs)
+                  verify_inputs=verify_inputs, halo=plan.halo,
+                  products=tuple((p.array, p.out_shape) for p in plan.products),
+                  product_grid=cfg.grid)
     executor = executor_factory(cfg, job, family.worker_cls)
     if cfg.progress:
         sys.stderr.write(plan_line(cfg, plan, verified=len(records)) + "\n")
@@ -242,18 +266,31 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
         out.update_attrs({UNREADABLE_MARK: None})
     extras: dict[str, Any] = {}
     if cfg.cog:
-        extras["cog"] = export_geotiff(out, cfg.cog, cog=True, overwrite=cfg.overwrite,
-                                       storage_options=cfg.output.storage_options)
+        extras["cog"] = export_geotiff(
+            out, cfg.cog, cog=True, overwrite=cfg.overwrite, compress=cfg.cog_compress,
+            level=cfg.cog_level, max_z_error=cfg.cog_max_z_error, threads=cfg.cog_threads,
+            storage_options=cfg.output.storage_options)
     if cfg.preview:
-        write_preview_png(out, cfg.preview, overwrite=cfg.overwrite or cfg.resume,
+        write_preview_png(out, cfg.preview, max_side=cfg.preview_size,
+                          overwrite=cfg.overwrite or cfg.resume,
                           storage_options=cfg.output.storage_options)
         extras["preview"] = cfg.preview
+    if cfg.compare:
+        extras["compare"] = {"path": cfg.compare, **write_comparison_png(
+            out, cfg.source, cfg.compare, crop=cfg.compare_crop,
+            overwrite=cfg.overwrite or cfg.resume, storage_options=cfg.output.storage_options)}
     if cfg.working_output:  # the Zarr only fed the COG
         fs, path = out.location.fs()
         fs.rm(path, recursive=True)
         extras["working_output_removed"] = out.uri
     fresh = [r for r in done if not r.get("verified")]
     verified = len(done) - len(fresh)
+    if plan.products:
+        extras["products"] = [
+            {"array": p.array, "out_shape": list(p.out_shape), "scale": p.attrs.get("scale"),
+             "nodata_pixels": sum(int(((r.get("products") or {}).get(p.array) or {}).get(
+                 "nodata_pixels", 0)) for r in fresh)}
+            for p in plan.products]
     return {
         "output": cfg.cog if cfg.working_output else out.uri,
         "in_shape": list(plan.in_shape), "out_shape": [H, W],

@@ -66,6 +66,15 @@ class OutputOptions:
     summary: str | None = None  # also write the JSON summary here
     working_output: bool = False  # the Zarr only feeds --cog: removed once the COG is complete
     overviews: int | None = None  # overview levels in the Zarr (None: as many as fit, <= 512 px)
+    codec: str = "auto"  # Zarr compressor (pipeline.io.zarr_output.compressors), + CRC32C
+    cog_compress: str = "deflate"  # --cog codec: deflate, zstd, lzw, lerc, lerc_deflate, ...
+    cog_level: int | None = None
+    cog_max_z_error: float = 0.0
+    cog_threads: int | None = None
+    preview_size: int = 1024  # longer side of the downsampled --preview
+    compare: str | None = None  # also write a 1:1 crop beside the bicubic upscale here
+    compare_crop: int = 512
+    zarr_format: int = 3  # 2: the layout GDAL 3.10 opens georeferenced (no shards, zstd only)
 
     def __post_init__(self) -> None:
         if self.working_output and not self.cog:
@@ -77,6 +86,30 @@ class OutputOptions:
         if self.overviews is not None and (isinstance(self.overviews, bool) or not isinstance(
                 self.overviews, int) or not 0 <= self.overviews <= 12):
             raise ConfigError(f"overviews {self.overviews!r} must be an integer in 0..12")
+        import numpy as np
+
+        from pipeline.io.exports import codec_options
+        from pipeline.io.zarr_output import compressors
+
+        if self.zarr_format not in (2, 3) or isinstance(self.zarr_format, bool):
+            raise ConfigError(f"--zarr-format {self.zarr_format!r} must be 2 or 3")
+        if self.zarr_format == 2 and self.shard is not None:
+            raise ConfigError(f"--shard {self.shard} cannot be used with --zarr-format 2 (Zarr "
+                              "v2 has no sharding): drop --shard or write Zarr v3")
+        if self.zarr_format == 2 and self.working_output:
+            raise ConfigError("--zarr-format 2 applies to a Zarr --output; a .tif --output is a "
+                              "COG written through a working Zarr")
+        # names and levels, before any work
+        compressors(self.codec, np.dtype("uint8"), self.zarr_format)
+        if self.cog:
+            codec_options(self.cog_compress, np.dtype("uint8"), level=self.cog_level,
+                          max_z_error=self.cog_max_z_error)
+        if self.cog_threads is not None and self.cog_threads < 1:
+            raise ConfigError(f"--cog-threads {self.cog_threads!r} must be >= 1")
+        for name, value, low in (("--preview-size", self.preview_size, 16),
+                                 ("--compare-crop", self.compare_crop, 16)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} {value!r} must be an integer >= {low}")
 
     def levels_and_grid(self, out_shape: tuple[int, int], max_tile: int) -> tuple[int, int]:
         """``(overview levels, tile grid)``: the levels asked for (default: halvings until the

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.geometry.tiling import Tile, Window, output_positions
+from pipeline.geometry.tiling import Tile, Window, output_positions, product_window, window_input
 from pipeline.io.sources import Source, SourceSpec, open_source
 from pipeline.io.values import (
     FILL_PASSES,
@@ -55,6 +55,10 @@ class TileJob:
     verify_inputs: bool = False  # on resume: also check each finished tile's input windows
     depth: int = 3  # tiles a worker holds at once: one computing, the others reading/writing
     zarr_concurrency: int | None = 8  # zarr async operations per worker process
+    halo: int = 0  # the model's receptive-field halo (input pixels), for product windows
+    #: further products: (array path in the output group, (H, W)), rendered by the same tiles
+    products: tuple[tuple[str, tuple[int, int]], ...] = ()
+    product_grid: int = 256  # the write grid (chunk or shard) the product windows snap to
     fail_after: int | None = field(default=None, compare=False)  # test hook: crash after N tiles
     tile_delay: float = field(default=0.0, compare=False)  # test hook: seconds of sleep per tile
 
@@ -137,6 +141,7 @@ class BaseTileWorker:
         self.model = self.load_model()
         self.source = open_source(job.source)
         self.output = ZarrOutput(job.output_uri, job.output_storage_options)
+        self.products = [(self.output.product(path), tuple(shape)) for path, shape in job.products]
         self.groups = band_groups(self.source.shape[0])
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.done = 0
@@ -166,89 +171,139 @@ class BaseTileWorker:
         ``unit (C, ih, iw)`` (and :meth:`read_more`'s ``more``), plus extra record fields."""
         raise NotImplementedError
 
+    def infer_targets(self, window: Window, unit: np.ndarray,
+                      targets: list[tuple[Window, tuple[int, int]]]
+                      ) -> tuple[list[np.ndarray], dict[str, Any]]:
+        """Several outputs from one pass over ``unit`` (input ``window``): for each target
+        ``(out window, out shape)`` its ``(C, th, tw)`` in [0, 1]. Families that render several
+        sizes from one encoding (LIIF) implement it; the others refuse products."""
+        raise NotImplementedError(f"{type(self).__name__} renders one output size per job")
+
     def upscale_window(self, tile: Tile) -> np.ndarray:
         """The output of ``tile`` ``(C, th, tw)`` in the output dtype, nodata applied."""
-        return self._finish(tile, *self._infer(tile, self._read(tile)))[0]
+        read = self._read(tile)
+        outs, _ = self._infer(tile, read)
+        return self._finish(read, tile.out_window, self.job.out_shape, outs[0])[0]
+
+    def _targets(self, tile: Tile) -> list[tuple[ZarrOutput, Window, tuple[int, int]]]:
+        """Every output this tile writes: the primary's window, then each product's (if not
+        empty)."""
+        job = self.job
+        out = [(self.output, tile.out_window, job.out_shape)]
+        for output, shape in self.products:
+            w = product_window(tile.out_window, job.out_shape, shape, job.product_grid)
+            if w.size:
+                out.append((output, w, shape))
+        return out
+
+    def read_window(self, tile: Tile) -> Window:
+        """The input window the tile reads: its own, widened to what its products need."""
+        iw = tile.in_window
+        for _, w, shape in self._targets(tile)[1:]:
+            pw = window_input(self.job.in_shape, shape, w, self.job.halo)
+            iw = Window(min(iw.row0, pw.row0), max(iw.row1, pw.row1),
+                        min(iw.col0, pw.col0), max(iw.col1, pw.col1))
+        return iw
 
     def input_digests(self, tile: Tile) -> dict[str, str]:
         """Digests of the input windows ``tile`` reads now (compared with its record's)."""
-        iw = tile.in_window
+        iw = self.read_window(tile)
         return {"input": raw_digest(self.source.read((iw.row0, iw.row1), (iw.col0, iw.col1)))}
 
-    def _read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray, str, Any]:
-        """Stage 1 (I/O): ``(unit, invalid, input digest, more)``."""
-        job, iw = self.job, tile.in_window
+    def _read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray, str, Any, Window]:
+        """Stage 1 (I/O): ``(unit, invalid, input digest, more, window read)``."""
+        job = self.job
+        iw = self.read_window(tile) if self.products else tile.in_window
         raw = self.source.read((iw.row0, iw.row1), (iw.col0, iw.col1))
         unit, invalid = read_unit(self.source, iw, job.value_range, job.nodata, raw)
-        return unit, invalid, raw_digest(raw), self.read_more(tile)
+        return unit, invalid, raw_digest(raw), self.read_more(tile), iw
 
-    def _infer(self, tile: Tile, read: tuple[np.ndarray, np.ndarray, str, Any]
-               ) -> tuple[np.ndarray, np.ndarray, str, dict[str, Any]]:
-        """Stage 2 (the model, one tile at a time)."""
-        unit, invalid, digest, more = read
+    def _infer(self, tile: Tile, read: tuple[np.ndarray, np.ndarray, str, Any, Window]
+               ) -> tuple[list[np.ndarray], dict[str, Any]]:
+        """Stage 2 (the model, one tile at a time): the output of every target, in [0, 1]."""
+        unit, _, digest, more, window = read
         t0 = time.perf_counter()
         with self._compute_lock:
             t1 = time.perf_counter()
-            merged, extra = self.infer(tile, unit, more)
+            if self.products:
+                targets = [(w, shape) for _, w, shape in self._targets(tile)]
+                outs, extra = self.infer_targets(window, unit, targets)
+            else:
+                merged, extra = self.infer(tile, unit, more)
+                outs = [merged]
         extra["wait_s"] = round(t1 - t0, 4)  # waiting for the model (busy with another tile)
-        return merged, invalid, digest, extra
-
-    def _finish(self, tile: Tile, merged: np.ndarray, invalid: np.ndarray, digest: str,
-                extra: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-        """Stage 2b: output dtype, nodata mask, nudge off nodata."""
-        job, iw, ow = self.job, tile.in_window, tile.out_window
         extra["inputs"] = {"input": digest, **extra.pop("inputs", {})}
+        return outs, extra
+
+    def _finish(self, read: tuple[np.ndarray, np.ndarray, str, Any, Window], ow: Window,
+                out_shape: tuple[int, int], merged: np.ndarray) -> tuple[np.ndarray, int, int]:
+        """Stage 2b: output dtype, nodata mask, nudge off nodata; ``(data, nudged values,
+        nodata pixels)`` of output window ``ow`` of an ``out_shape`` output."""
+        job, invalid, iw = self.job, read[1], read[4]
         data = from_unit(merged, np.dtype(job.out_dtype), job.value_range)
         bad = np.zeros(ow.shape, dtype=bool)
         if invalid.any():
-            (h, w), (H, W) = job.in_shape, job.out_shape
+            (h, w), (H, W) = job.in_shape, out_shape
             uy = output_positions(h, H, ow.row0, ow.row1) - iw.row0
             ux = output_positions(w, W, ow.col0, ow.col1) - iw.col0
             bad = upsample_mask(invalid, uy, ux)
             mask_output(data, bad, job.nodata)
-        extra["nudged"] = nudge_off_nodata(data, ~bad, job.nodata, job.value_range)
-        extra["nodata_pixels"] = int(bad.sum())
-        return data, extra
+        nudged = nudge_off_nodata(data, ~bad, job.nodata, job.value_range)
+        return data, nudged, int(bad.sum())
 
-    def _write(self, tile: Tile, data: np.ndarray) -> dict[str, str]:
-        """Stage 3 (I/O): whole chunks (shards) of the tile; their digests."""
-        ow = tile.out_window
+    def _write(self, tile: Tile, output: ZarrOutput, ow: Window, data: np.ndarray
+               ) -> dict[str, str]:
+        """Stage 3 (I/O): whole chunks (shards) of ``tile``'s window ``ow`` of ``output``;
+        their digests."""
         rows, cols = (ow.row0, ow.row1), (ow.col0, ow.col1)
         try:
-            return self.output.write(rows, cols, data)
+            return output.write(rows, cols, data)
         except (ValueError, RuntimeError, OSError):
             # a shard torn by an interrupted write cannot be read back for the rewrite
-            if not self.output.clear(rows, cols):
+            if not output.clear(rows, cols):
                 raise
-            return self.output.write(rows, cols, data)
+            return output.write(rows, cols, data)
 
     def _verified(self, tile: Tile, trusted: dict[str, Any]) -> bool:
-        ow = tile.out_window
-        digests = trusted.get("digests")
-        bad = (self.output.verify((ow.row0, ow.row1), (ow.col0, ow.col1), digests)
-               if isinstance(digests, dict) and digests else ["<no digests recorded>"])
+        targets = self._targets(tile)
+        recorded = [trusted.get("digests")] + [
+            ((trusted.get("products") or {}).get(out.array) or {}).get("digests")
+            for out, _, _ in targets[1:]]
+        bad: list[str] = []
+        for (out, w, _), digests in zip(targets, recorded, strict=True):
+            bad += (out.verify((w.row0, w.row1), (w.col0, w.col1), digests)
+                    if isinstance(digests, dict) and digests else ["<no digests recorded>"])
+            if bad:
+                break
         if not bad and self.job.verify_inputs:
             # the input changed since this tile was made: keep it only if what it read did not
             bad = [] if self.input_digests(tile) == trusted.get("inputs") else ["<input>"]
         if bad:
             self.output.manifest.forget(tile.key)
-            self.output.clear((ow.row0, ow.row1), (ow.col0, ow.col1))
+            for out, w, _ in targets:
+                out.clear((w.row0, w.row1), (w.col0, w.col1))
         return not bad
 
     def process(self, tile: Tile, trusted: dict[str, Any] | None = None) -> dict[str, Any]:
         """Compute, write and record ``tile``; with ``trusted`` (its record from an earlier
         run), first verify its stored chunks and return that record when they match. The
         record holds the stage times ``read_s``, ``compute_s``, ``write_s`` and ``wait_s`` (time
-        spent waiting for the model while it computed another tile)."""
+        spent waiting for the model while it computed another tile); with products, each
+        product's window and digests under ``products``."""
         t0 = time.perf_counter()
         ow = tile.out_window
         if trusted is not None and self._verified(tile, trusted):
             return {**trusted, "out_pixels": ow.size, "verified": True}
         read = self._read(tile)
         t1 = time.perf_counter()
-        data, extra = self._finish(tile, *self._infer(tile, read))
+        outs, extra = self._infer(tile, read)
+        targets = self._targets(tile)
+        finished = [self._finish(read, w, shape, merged)
+                    for (_, w, shape), merged in zip(targets, outs, strict=True)]
+        extra["nudged"], extra["nodata_pixels"] = finished[0][1], finished[0][2]
         t2 = time.perf_counter()
-        digests = self._write(tile, data)
+        digests = [self._write(tile, out, w, data)
+                   for (out, w, _), (data, _, _) in zip(targets, finished, strict=True)]
         if self.job.tile_delay:
             time.sleep(self.job.tile_delay)
         t3 = time.perf_counter()
@@ -256,8 +311,14 @@ class BaseTileWorker:
         record = {"key": tile.key, "out_window": ow.to_dict(), "seconds": round(t3 - t0, 4),
                   "read_s": round(t1 - t0, 4), "compute_s": round(compute, 4),
                   "write_s": round(t3 - t2, 4), "worker": self.name, "out_pixels": ow.size,
-                  "in_pixels": tile.in_window.size, **extra, "digest": "blake2b-128",
-                  "digests": digests}
+                  "in_pixels": read[4].size, **extra, "digest": "blake2b-128",
+                  "digests": digests[0]}
+        if self.products:
+            record["products"] = {
+                out.array: {"out_window": w.to_dict(), "digests": d, "nudged": f[1],
+                            "nodata_pixels": f[2], "out_pixels": w.size}
+                for (out, w, _), d, f in zip(targets[1:], digests[1:], finished[1:],
+                                             strict=True)}
         self.output.manifest.mark_done(tile.key, record)
         with self._count_lock:
             self.done += 1
