@@ -182,7 +182,7 @@ def base_attrs(cfg: Any, info: SourceInfo, out_shape: tuple[int, int],
         "model": model, "source_uri": cfg.source.uri, "crs": info.crs,
         "transform": (list(scaled_transform(info.transform, (h, w), out_shape))
                       if info.transform else None),
-        "value_range": list(vr), "nodata": info.nodata, "bands": info.band_info,
+        "value_range": list(vr), "nodata": info.out_nodata, "bands": info.band_info,
     }
 
 
@@ -226,7 +226,8 @@ def prepare(cfg: UpscaleConfig) -> JobPlan:
         attrs["job"]["products"] = [[p.path, list(p.out_shape)] for p in products]
         attrs["products"] = [p.array for p in products]
     return JobPlan(bands=C, in_shape=(h, w), out_shape=out_shape, dtype=info.dtype,
-                   nodata=info.nodata, value_range=vr, tiles=tiles, tile=tile, halo=halo,
+                   nodata=info.out_nodata, masked_only=info.masked_only, value_range=vr,
+                   tiles=tiles, tile=tile, halo=halo,
                    attrs=attrs, overviews=levels, products=tuple(products))
 
 

@@ -247,12 +247,12 @@ class _RasterioSource(Source):
         self._context = context
         self._lock = threading.Lock()
         indexes = list(dataset.indexes)
+        alpha_index = None
         if drop_alpha and len(indexes) > 1:
-            indexes = [
-                i
-                for i, ci in zip(dataset.indexes, dataset.colorinterp, strict=True)
-                if ci != ColorInterp.alpha
-            ]
+            alphas = [i for i, ci in zip(dataset.indexes, dataset.colorinterp, strict=True)
+                      if ci == ColorInterp.alpha]
+            indexes = [i for i in indexes if i not in alphas]
+            alpha_index = alphas[0] if alphas else None
         dtypes = {dataset.dtypes[i - 1] for i in indexes}
         if len(dtypes) != 1:
             raise UnsupportedDtypeError(
@@ -274,6 +274,16 @@ class _RasterioSource(Source):
         interps, descriptions = dataset.colorinterp, dataset.descriptions
         self.band_info = [{"colorinterp": colorinterp_name(interps[i - 1]),
                            "description": descriptions[i - 1] or None} for i in self._indexes]
+        self._valid = None
+        if alpha_index is not None:  # a PNG (small, read whole): its alpha as transparency mask
+            alpha = context.run(dataset.read, alpha_index)
+            if not alpha.all():
+                self._valid = alpha != 0
+                self.mask_nodata = 0.0 if self.dtype.kind != "f" else float("nan")
+
+    def _read_valid(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        assert self._valid is not None
+        return self._valid[r0:r1, c0:c1].copy()
 
     def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         from rasterio.windows import Window
@@ -332,42 +342,59 @@ class _NotPilImage(UnsupportedInputError):
 class _PilSource(Source):
     backend = "pil"
 
-    def __init__(self, spec: SourceSpec, data: np.ndarray, interps: Sequence[str]) -> None:
+    def __init__(self, spec: SourceSpec, data: np.ndarray, interps: Sequence[str],
+                 alpha: np.ndarray | None = None) -> None:
         super().__init__(spec, data.shape, data.dtype)
         data = data.astype(self.dtype, copy=False)  # native byte order (PIL I;16B is big-endian)
         self._data = data if self.all_bands else data[list(self.bands)]
         self.band_info = [{"colorinterp": interps[b], "description": None} for b in self.bands]
+        self._valid = None if alpha is None or alpha.all() else alpha != 0
+        if self._valid is not None:
+            self.mask_nodata = 0.0 if self.dtype.kind != "f" else float("nan")
 
     def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         return self._data[:, r0:r1, c0:c1].copy()
 
+    def _read_valid(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        assert self._valid is not None
+        return self._valid[r0:r1, c0:c1].copy()
+
     def _close(self) -> None:
         self._data = None
+        self._valid = None
 
 
-def _pil_to_array(image: Any, uri: str) -> tuple[np.ndarray, list[str]]:
-    """``(C, H, W)`` array of a loaded PIL image, following the mode rules above, and the
-    colour interpretation of each band (``gray`` for one band, ``red, green, blue`` for RGB)."""
+def _pil_to_array(image: Any, uri: str) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """``(C, H, W)`` array of a loaded PIL image, following the mode rules above, the colour
+    interpretation of each band (``gray`` for one band, ``red, green, blue`` for RGB) and the
+    alpha channel ``(H, W)`` (None without one)."""
     mode = image.mode
+    if mode == "P" and "transparency" in image.info:
+        mode = "PA"  # a palette with a transparent index: keep it as alpha
     if mode == "1":
         image, mode = image.convert("L"), "L"
     elif mode in ("P", "PA"):
         image, mode = image.convert("RGBA"), "RGBA"
     elif mode in ("CMYK", "YCbCr"):
         image, mode = image.convert("RGB"), "RGB"
+    alpha = None
     if mode in ("L", "I", "F") or mode.startswith("I;16"):
         data = np.asarray(image)[None]
     elif mode in ("RGB", "RGBA"):
-        data = np.asarray(image)[:, :, :3].transpose(2, 0, 1)
+        pixels = np.asarray(image)
+        data = pixels[:, :, :3].transpose(2, 0, 1)
+        alpha = pixels[:, :, 3] if mode == "RGBA" else None
     elif mode == "LA":
-        data = np.asarray(image)[None, :, :, 0]
+        pixels = np.asarray(image)
+        data, alpha = pixels[None, :, :, 0], pixels[:, :, 1]
     else:
         raise UnsupportedInputError(
             f"{uri!r} has PIL mode {mode!r}; supported: L, I;16, I, F, RGB, RGBA, LA, P, PA, 1, "
             "CMYK, YCbCr"
         )
     interps = ["gray"] if data.shape[0] == 1 else ["red", "green", "blue"]
-    return np.ascontiguousarray(data), interps
+    return (np.ascontiguousarray(data), interps,
+            None if alpha is None else np.ascontiguousarray(alpha))
 
 
 def _open_pil(spec: SourceSpec, path: str, fs: Any | None) -> Source:
@@ -387,7 +414,7 @@ def _open_pil(spec: SourceSpec, path: str, fs: Any | None) -> Source:
                             "images, so convert it to a tiled GeoTIFF or zarr"
                         )
                     image.load()
-                    data, interps = _pil_to_array(image, spec.uri)
+                    data, interps, alpha = _pil_to_array(image, spec.uri)
         except UnidentifiedImageError as exc:
             raise _NotPilImage(f"{spec.uri!r} is not an image PIL can identify: {exc}") from exc
         except (Image.DecompressionBombError, SyntaxError) as exc:
@@ -398,7 +425,7 @@ def _open_pil(spec: SourceSpec, path: str, fs: Any | None) -> Source:
             raise UnsupportedInputError(f"{spec.uri!r} is not a readable image: {exc}") from exc
         finally:
             Image.MAX_IMAGE_PIXELS = limit
-    return _PilSource(spec, data, interps)
+    return _PilSource(spec, data, interps, alpha)
 
 
 def png_is_16bit_colour(path: str, fs: Any | None) -> bool:

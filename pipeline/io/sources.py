@@ -32,7 +32,10 @@ Zarr layout
 PIL images
     Loaded whole when opened (they are small); images above ``max_pixels_in_memory`` pixels are
     refused. Modes: ``L``, ``I;16``, ``I`` and ``F`` are one band (uint8, uint16, int32,
-    float32); ``RGB`` is 3 bands; the alpha channel of ``RGBA``/``LA``/``PA`` is dropped;
+    float32); ``RGB`` is 3 bands; the alpha channel of ``RGBA``/``LA``/``PA`` is not a band but
+    a transparency mask when it holds a 0 (:meth:`Source.read_valid`: alpha 0 = not valid; the
+    output's nodata is then 0, the input having no nodata value; opaque pixels stay valid
+    whatever their value); a fully opaque alpha is simply dropped;
     ``P`` (palette) becomes RGB, ``1`` becomes ``L`` (0/255), ``CMYK``/``YCbCr`` become RGB.
     Multi-frame files give their first frame; EXIF orientation is not applied.
 
@@ -193,7 +196,27 @@ class Source(abc.ABC):
         #: "description": band description or None}; backends fill what they know
         self.band_info: list[dict[str, Any]] = [
             {"colorinterp": None, "description": None} for _ in self.bands]
+        #: the output value of transparent pixels when the source has a transparency mask
+        #: (an alpha channel with 0s) and no nodata value; None: no mask
+        self.mask_nodata: float | None = None
         self._closed = False
+
+    @property
+    def has_mask(self) -> bool:
+        """Whether :meth:`read_valid` gives a transparency mask (alpha 0 = not valid)."""
+        return self.mask_nodata is not None
+
+    def read_valid(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray | None:
+        """``(h, w)`` bool: False where the window is transparent (alpha 0); None without a
+        mask. The window rules are those of :meth:`read`."""
+        if not self.has_mask:
+            return None
+        (r0, r1), (c0, c1) = _check_window(rows, cols, self.shape[1], self.shape[2])
+        return self._read_valid(r0, r1, c0, c1)
+
+    def _read_valid(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Backend hook of :meth:`read_valid` for sources with a mask."""
+        raise NotImplementedError
 
     @property
     def all_bands(self) -> bool:
@@ -421,10 +444,22 @@ class SourceInfo:
     transform: tuple[float, ...] | None
     identity: dict[str, Any]
     band_info: list[dict[str, Any]]
+    mask_nodata: float | None = None  # see Source.mask_nodata
+
+    @property
+    def out_nodata(self) -> float | None:
+        """The output's nodata value: the input's, else the one for its transparent pixels."""
+        return self.nodata if self.nodata is not None else self.mask_nodata
+
+    @property
+    def masked_only(self) -> bool:
+        """True when ``out_nodata`` only marks transparent pixels (no input value means
+        nodata, so opaque pixels equal to it stay valid)."""
+        return self.nodata is None and self.mask_nodata is not None
 
 
 def probe_source(spec: SourceSpec) -> SourceInfo:
     """Open ``spec``, read its metadata and identity, close it."""
     with open_source(spec) as src:
         return SourceInfo(src.shape, src.dtype, src.nodata, src.crs, src.transform,
-                          content_identity(src), list(src.band_info))
+                          content_identity(src), list(src.band_info), src.mask_nodata)

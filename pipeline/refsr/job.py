@@ -304,7 +304,8 @@ def prepare_refsr(cfg: RefSRConfig) -> RefJobPlan:
         "input_identity": {"input": info.identity, "reference": ref.identity},
     })
     return RefJobPlan(bands=C, in_shape=(h, w), out_shape=out_shape, dtype=info.dtype,
-                      nodata=info.nodata, value_range=vr, tiles=tiles, tile=tile, halo=halo,
+                      nodata=info.out_nodata, masked_only=info.masked_only, value_range=vr,
+                      tiles=tiles, tile=tile, halo=halo,
                       attrs=attrs, overviews=levels, alignment=alignment, ref_value_range=rvr,
                       global_search=global_search)
 

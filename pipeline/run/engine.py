@@ -65,6 +65,7 @@ class JobPlan:
     halo: int
     attrs: dict[str, Any] = field(default_factory=dict)
     overviews: int = 0
+    masked_only: bool = False  # nodata marks only transparent input pixels (alpha mask)
     #: further products rendered by the same tiles (LIIF: other sizes from one encoding)
     products: tuple[Product, ...] = ()
 
@@ -233,7 +234,7 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
     tiles = plan.tiles.tiles()
     work = [(t, records.get(t.key)) for t in tiles]
     job = replace(family.make_job(cfg, plan, out), depth=cfg.depth,
-                  verify_inputs=verify_inputs, halo=plan.halo,
+                  verify_inputs=verify_inputs, halo=plan.halo, masked_only=plan.masked_only,
                   products=tuple((p.array, p.out_shape) for p in plan.products),
                   product_grid=cfg.grid)
     executor = executor_factory(cfg, job, family.worker_cls)

@@ -49,7 +49,8 @@ class TileJob:
     out_shape: tuple[int, int]
     value_range: tuple[float, float]
     out_dtype: str
-    nodata: float | None = None
+    nodata: float | None = None  # the output's nodata value
+    masked_only: bool = False  # nodata marks only transparent input pixels (the input has none)
     device: str | None = None
     threads: int | None = None
     verify_inputs: bool = False  # on resume: also check each finished tile's input windows
@@ -93,20 +94,29 @@ def raw_digest(raw: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def _invalid(source: Source, raw: np.ndarray, nodata: float | None, rows: tuple[int, int],
+             cols: tuple[int, int]) -> np.ndarray:
+    """Invalid pixels of a window: nodata / NaN / inf, and transparent ones (alpha 0)."""
+    invalid = invalid_mask(raw, nodata)
+    valid = source.read_valid(rows, cols)
+    return invalid if valid is None else invalid | ~valid
+
+
 def read_unit(source: Source, window: Window, value_range: tuple[float, float],
               nodata: float | None, raw: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
     """``(unit (C, h, w) float32, invalid (h, w) bool)`` for ``window`` of ``source`` (``raw``:
     the window's native values when already read).
 
-    Invalid pixels (nodata, NaN, inf) are filled by :func:`pipeline.io.values.fill_invalid` from a
+    Invalid pixels (nodata, NaN, inf; transparent ones where the source has an alpha mask) are
+    filled by :func:`pipeline.io.values.fill_invalid` from a
     window read ``FILL_PASSES`` pixels wider (clamped to the image), so the filled values equal
     a whole-image fill and tiles stay exact.
     """
     w = window
     if raw is None:
         raw = source.read((w.row0, w.row1), (w.col0, w.col1))
-    invalid = invalid_mask(raw, nodata)
+    invalid = _invalid(source, raw, nodata, (w.row0, w.row1), (w.col0, w.col1))
     if not invalid.any():
         return to_unit(raw, value_range), invalid
     _, h, wd = source.shape
@@ -114,7 +124,8 @@ def read_unit(source: Source, window: Window, value_range: tuple[float, float],
     r0, r1 = max(0, w.row0 - p), min(h, w.row1 + p)
     c0, c1 = max(0, w.col0 - p), min(wd, w.col1 + p)
     wide = source.read((r0, r1), (c0, c1))
-    filled = fill_invalid(to_unit(wide, value_range), invalid_mask(wide, nodata))
+    filled = fill_invalid(to_unit(wide, value_range),
+                          _invalid(source, wide, nodata, (r0, r1), (c0, c1)))
     return filled[:, w.row0 - r0:w.row1 - r0, w.col0 - c0:w.col1 - c0], invalid
 
 
@@ -215,7 +226,8 @@ class BaseTileWorker:
         job = self.job
         iw = self.read_window(tile) if self.products else tile.in_window
         raw = self.source.read((iw.row0, iw.row1), (iw.col0, iw.col1))
-        unit, invalid = read_unit(self.source, iw, job.value_range, job.nodata, raw)
+        unit, invalid = read_unit(self.source, iw, job.value_range,
+                                  None if job.masked_only else job.nodata, raw)
         return unit, invalid, raw_digest(raw), self.read_more(tile), iw
 
     def _infer(self, tile: Tile, read: tuple[np.ndarray, np.ndarray, str, Any, Window]
