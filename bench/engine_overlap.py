@@ -4,7 +4,7 @@ Input: a 2048x2048 3-band uint8 Zarr assembled from the Sentinel-2 TCI raster of
 ../shared/data/geo (mirrored tiles), x2 to 4096x4096, 16 tiles of 1024 px, chunks of 256.
 
 1. Raw I/O, no engine: read each tile's input window and write a precomputed output tile with
-   plain zarr (the same codecs as the job: zstd + crc32c), in 1 thread and in N threads.
+   plain zarr (the job's default codecs: codecs.compressors('auto')), in 1 thread and in N threads.
 2. The engine with a *null* model (:class:`pipeline.run.doubles.NullTileWorker`): everything
    but the model (reads, fill checks, writes, digests, manifest records), in-process, with
    ``depth`` 1 (sequential) and N (overlapped). Target: >= 0.85x the raw rate of the same threads.
@@ -59,13 +59,14 @@ def plan(side: int, tile: int):
 def raw_io(src: str, out_dir: Path, tiles: list, threads: int) -> float:
     """Seconds to read every input window and write every output tile with plain zarr."""
     import zarr
-    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    from pipeline.io.codecs import compressors
 
     inp = zarr.open_array(src, mode="r")
     side = inp.shape[1]
     out = zarr.create_array(str(out_dir / f"raw{threads}.zarr"), shape=(3, 2 * side, 2 * side),
                             dtype="uint8", chunks=(3, 256, 256), overwrite=True,
-                            compressors=(ZstdCodec(level=0), Crc32cCodec()))
+                            compressors=compressors("auto", np.dtype("uint8")))  # the job's
     first = np.asarray(inp[:, :512, :512]).repeat(2, 1).repeat(2, 2)
 
     def one(t) -> None:

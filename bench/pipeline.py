@@ -346,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=2.0, help="scale of sections 2 and 3")
     p.add_argument("--gpu-side", type=int, default=2048, help="input side for --gpu (x4)")
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: temp)")
+    p.add_argument("--sections", nargs="+", choices=["halo", "throughput", "memory"],
+                   default=["halo", "throughput", "memory"], help="which sections to run")
     p.add_argument("--_child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     for k, v in RAY_ENV.items():
@@ -363,13 +365,16 @@ def main(argv: list[str] | None = None) -> int:
         if a.gpu:
             section_gpu(ckpt, work, a.data, a.gpu_side)
             return 0
-        section_halo(ckpt)
+        if "halo" in a.sections:
+            section_halo(ckpt)
         if not all((a.data / n).is_file() for n in ("sentinel2_TCI_100m.tif",)):
             print(f"\nreal rasters not found in {a.data}: sections 2 and 3 skipped "
                   "(pass --data DIR)")
             return 0
-        section_throughput(a.data, ckpt, work, a.scale)
-        section_memory(a.data, ckpt, work, a.sizes, a.scale)
+        if "throughput" in a.sections:
+            section_throughput(a.data, ckpt, work, a.scale)
+        if "memory" in a.sections:
+            section_memory(a.data, ckpt, work, a.sizes, a.scale)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         print(f"\nload average {os.getloadavg()} at end; total {time.perf_counter() - t0:.0f} s")

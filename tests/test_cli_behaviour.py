@@ -271,7 +271,8 @@ def test_compare_writes_output_beside_bicubic(tmp_path: Path, tiny_liif: Path,
 def test_preview_reads_the_smallest_adequate_overview(tmp_path: Path, tiny_liif: Path) -> None:
     from PIL import Image
 
-    from pipeline.io.zarr_output import OutputSpec, open_zarr_output
+    from pipeline.io.zarr_create import open_zarr_output
+    from pipeline.io.zarr_output import OutputSpec
     src = zarr.create_array(str(tmp_path / "in.zarr"), shape=(3, 128, 128), dtype="uint8")
     src[:] = np.random.default_rng(3).integers(0, 255, (3, 128, 128), dtype=np.uint8)
     out = tmp_path / "o.zarr"

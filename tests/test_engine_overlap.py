@@ -119,6 +119,24 @@ def test_free_actors_get_more_tiles_than_a_slow_one(ray_local, tmp_path: Path) -
     assert sum(counts) == 36 and counts[-1] >= 24, counts
 
 
+@pytest.mark.ray
+def test_actors_get_even_work_when_tiles_are_few_and_unequal(ray_local, tmp_path: Path) -> None:
+    """4 tiles of 4096, 2048, 2048 and 1024 px, 2 actors taking 3 at once: the largest goes
+    first, each to the actor with the least pixels in flight (5120 / 4096); by count it was
+    6144 / 3072."""
+    src = _input(tmp_path / "in.zarr", (3, 48, 48))  # x2: 96 px, tiles of 64 -> 64, 32
+    (tmp_path / "trace").mkdir()
+    model = null_model(compute=0.01, trace=tmp_path / "trace")
+    s = run_job(_cfg(tmp_path, src, model=model, executor="ray", workers=2, depth=3,
+                     tile=64, chunk=32), NULL_FAMILY)
+    assert s["tiles"] == 4
+    size = {"0_0": 4096, "0_1": 2048, "1_0": 2048, "1_1": 1024}
+    per_actor = sorted(sum(size[json.loads(line)["tile"]] for line in f.read_text().splitlines()
+                           if json.loads(line)["stage"] == "compute")
+                       for f in (tmp_path / "trace").glob("*.jsonl"))
+    assert per_actor == [4096, 5120], per_actor
+
+
 @pytest.mark.parametrize(("out", "workers"), [((1894, 1894), 2), ((2373, 2154), 1),
                                               ((8193, 8193), 4), ((300, 7000), 2),
                                               ((100, 100), 8), ((4096, 256), 3)])

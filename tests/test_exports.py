@@ -33,7 +33,8 @@ from pipeline.io.exports import (
     write_preview_png,
 )
 from pipeline.io.sources import SourceSpec, open_source
-from pipeline.io.zarr_output import CREATED_BY, OutputSpec, ZarrOutput, create_zarr_output
+from pipeline.io.zarr_create import create_zarr_output
+from pipeline.io.zarr_output import CREATED_BY, OutputSpec, ZarrOutput
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 

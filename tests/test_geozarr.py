@@ -24,7 +24,8 @@ from pipeline.io.geozarr import (
     pixel_centres,
     write_coordinates,
 )
-from pipeline.io.zarr_output import OutputSpec, create_zarr_output
+from pipeline.io.zarr_create import create_zarr_output
+from pipeline.io.zarr_output import OutputSpec
 
 WKT1 = CRS.from_epsg(32633).to_wkt()           # what rasterio's CRS.to_wkt() gives: WKT1
 TRANSFORM = [2.5, 0.0, 500_000.0, 0.0, -2.5, 4_000_000.0]

@@ -13,7 +13,8 @@ import pytest
 import zarr
 
 from pipeline.io.manifest import TileManifest
-from pipeline.io.zarr_output import OutputSpec, create_zarr_output
+from pipeline.io.zarr_create import create_zarr_output
+from pipeline.io.zarr_output import OutputSpec
 
 
 @pytest.fixture(params=["local", "memory"])

@@ -17,7 +17,8 @@ from pipeline.errors import OutputLockedError
 from pipeline.geometry.tiling import Tile, plan_tiles
 from pipeline.io.sources import SourceSpec, probe_source
 from pipeline.io.values import default_value_range, merge_groups
-from pipeline.io.zarr_output import OutputSpec, ZarrOutput, create_zarr_output
+from pipeline.io.zarr_create import create_zarr_output
+from pipeline.io.zarr_output import OutputSpec, ZarrOutput
 from pipeline.run.engine import JobPlan, Role, run_job
 from pipeline.run.executors import InProcessExecutor
 from pipeline.run.options import JobOptions

@@ -19,15 +19,9 @@ from pipeline.errors import (
     OutputExistsError,
     OutputNotWritableError,
 )
-from pipeline.io import zarr_output
-from pipeline.io.zarr_output import (
-    CREATED_BY,
-    OutputSpec,
-    ZarrOutput,
-    create_zarr_output,
-    open_zarr_output,
-    output_exists,
-)
+from pipeline.io import zarr_create
+from pipeline.io.zarr_create import create_zarr_output, open_zarr_output, output_exists
+from pipeline.io.zarr_output import CREATED_BY, OutputSpec, ZarrOutput
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
@@ -288,7 +282,7 @@ def test_directory_without_write_access_is_not_writable(tmp_path, monkeypatch):
     parent.mkdir()
     real_access = os.access
     monkeypatch.setattr(
-        zarr_output.os, "access", lambda p, mode: False if str(p) == str(parent) else real_access(p, mode)
+        zarr_create.os, "access", lambda p, mode: False if str(p) == str(parent) else real_access(p, mode)
     )
     with pytest.raises(OutputNotWritableError, match=f"directory '{parent}' is not writable"):
         _create(str(parent / "out.zarr"))

@@ -21,11 +21,11 @@ _EXPORTS = {
     "SourceSpec": "pipeline.io.sources", "open_source": "pipeline.io.sources",
     "probe_source": "pipeline.io.sources",
     "OutputSpec": "pipeline.io.zarr_output", "ZarrOutput": "pipeline.io.zarr_output",
-    "create_zarr_output": "pipeline.io.zarr_output",
+    "create_zarr_output": "pipeline.io.zarr_create",
     "export_geotiff": "pipeline.io.exports", "write_png": "pipeline.io.exports",
     "write_preview_png": "pipeline.io.exports", "write_comparison_png": "pipeline.io.exports",
     "codec_options": "pipeline.io.exports", "COMPRESSIONS": "pipeline.io.exports",
-    "CODECS": "pipeline.io.zarr_output", "compressors": "pipeline.io.zarr_output",
+    "CODECS": "pipeline.io.codecs", "compressors": "pipeline.io.codecs",
     "geo_group_attrs": "pipeline.io.geozarr",
 }
 
@@ -38,6 +38,7 @@ __all__ = ["CODECS", "COMPRESSIONS", "Location", "OutputLease", "OutputSpec", "S
 
 if TYPE_CHECKING:
     from pipeline.io.atomic import write_bytes
+    from pipeline.io.codecs import CODECS, compressors
     from pipeline.io.exports import (
         COMPRESSIONS,
         codec_options,
@@ -51,12 +52,7 @@ if TYPE_CHECKING:
     from pipeline.io.locations import Location, check_disjoint, check_paths, resolve
     from pipeline.io.manifest import TileManifest
     from pipeline.io.sources import Source, SourceInfo, SourceSpec, open_source, probe_source
-    from pipeline.io.zarr_output import (
-        CODECS,
-        OutputSpec,
-        ZarrOutput,
-        compressors,
-        create_zarr_output,
-    )
+    from pipeline.io.zarr_create import create_zarr_output
+    from pipeline.io.zarr_output import OutputSpec, ZarrOutput
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

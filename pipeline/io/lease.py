@@ -202,7 +202,8 @@ class OutputLease:
         """Take the lease, or raise :class:`OutputLockedError` naming the live holder."""
         for _ in range(5):
             if self._create():
-                time.sleep(0.05)
+                if not self.where.is_local:  # a hard link is exclusive; stores may settle
+                    time.sleep(0.05)
                 rec = self._read()
                 if rec and rec.get("token") == self.token:
                     break

@@ -66,7 +66,7 @@ class OutputOptions:
     summary: str | None = None  # also write the JSON summary here
     working_output: bool = False  # the Zarr only feeds --cog: removed once the COG is complete
     overviews: int | None = None  # overview levels in the Zarr (None: as many as fit, <= 512 px)
-    codec: str = "auto"  # Zarr compressor (pipeline.io.zarr_output.compressors), + CRC32C
+    codec: str = "auto"  # Zarr compressor (pipeline.io.codecs.compressors), + CRC32C
     cog_compress: str = "deflate"  # --cog codec: deflate, zstd, lzw, lerc, lerc_deflate, ...
     cog_level: int | None = None
     cog_max_z_error: float = 0.0
@@ -88,8 +88,8 @@ class OutputOptions:
             raise ConfigError(f"overviews {self.overviews!r} must be an integer in 0..12")
         import numpy as np
 
+        from pipeline.io.codecs import compressors
         from pipeline.io.exports import codec_options
-        from pipeline.io.zarr_output import compressors
 
         if self.zarr_format not in (2, 3) or isinstance(self.zarr_format, bool):
             raise ConfigError(f"--zarr-format {self.zarr_format!r} must be 2 or 3")

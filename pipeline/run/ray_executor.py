@@ -121,23 +121,32 @@ class RayExecutor:
         ray = self._ray
         from ray.exceptions import RayTaskError
 
-        queue: deque[tuple[Tile, dict[str, Any] | None]] = deque(work)
-        load = [0] * len(self.actors)
-        pending: dict[Any, int] = {}
+        # largest tiles first, each to the actor with the least work in flight (in pixels, a
+        # tile to verify counting a tenth): with few tiles per actor the totals stay even
+        items = sorted(work, key=lambda it: -_weight(*it))
+        queue: deque[tuple[Tile, dict[str, Any] | None]] = deque(items)
+        count = [0] * len(self.actors)
+        work_px = [0.0] * len(self.actors)
+        pending: dict[Any, tuple[int, float]] = {}
         records = []
         while queue or pending:
             if lease is not None:
                 lease.check()
             while queue:
-                free = min(range(len(load)), key=lambda i: load[i])
-                if load[free] >= self.depth:
+                open_ = [i for i in range(len(count)) if count[i] < self.depth]
+                if not open_:
                     break
+                free = min(open_, key=lambda i: (work_px[i], count[i]))
                 tile, trusted = queue.popleft()
-                pending[self.actors[free].process.remote(tile, trusted)] = free
-                load[free] += 1
+                weight = _weight(tile, trusted)
+                pending[self.actors[free].process.remote(tile, trusted)] = (free, weight)
+                count[free] += 1
+                work_px[free] += weight
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
-                load[pending.pop(ref)] -= 1
+                who, weight = pending.pop(ref)
+                count[who] -= 1
+                work_px[who] -= weight
                 try:
                     rec = ray.get(ref)
                 except RayTaskError as exc:
@@ -152,6 +161,11 @@ class RayExecutor:
         for a in self.actors:
             self._ray.kill(a)
         self.actors = []
+
+
+def _weight(tile: Tile, trusted: dict[str, Any] | None) -> float:
+    """The expected cost of a work item, in output pixels (verifying is about a tenth)."""
+    return tile.out_window.size * (0.1 if trusted is not None else 1.0)
 
 
 def ray_map(fn: Callable[[Any], Any], items: list[Any], *, max_in_flight: int,
