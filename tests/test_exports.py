@@ -24,14 +24,8 @@ from jobs.upscale import main
 from liif.resize import resize_bicubic
 from pipeline.errors import ConfigError, OutputExistsError, UnsupportedDtypeError
 from pipeline.io import exports
-from pipeline.io.exports import (
-    COMPRESSIONS,
-    codec_options,
-    export_geotiff,
-    write_comparison_png,
-    write_png,
-    write_preview_png,
-)
+from pipeline.io.exports import COMPRESSIONS, codec_options, export_geotiff
+from pipeline.io.previews import write_comparison_png, write_png, write_preview_png
 from pipeline.io.sources import SourceSpec, open_source
 from pipeline.io.zarr_create import create_zarr_output
 from pipeline.io.zarr_output import CREATED_BY, OutputSpec, ZarrOutput

@@ -22,8 +22,8 @@ _EXPORTS = {
     "probe_source": "pipeline.io.sources",
     "OutputSpec": "pipeline.io.zarr_output", "ZarrOutput": "pipeline.io.zarr_output",
     "create_zarr_output": "pipeline.io.zarr_create",
-    "export_geotiff": "pipeline.io.exports", "write_png": "pipeline.io.exports",
-    "write_preview_png": "pipeline.io.exports", "write_comparison_png": "pipeline.io.exports",
+    "export_geotiff": "pipeline.io.exports", "write_png": "pipeline.io.previews",
+    "write_preview_png": "pipeline.io.previews", "write_comparison_png": "pipeline.io.previews",
     "codec_options": "pipeline.io.exports", "COMPRESSIONS": "pipeline.io.exports",
     "CODECS": "pipeline.io.codecs", "compressors": "pipeline.io.codecs",
     "geo_group_attrs": "pipeline.io.geozarr",
@@ -39,18 +39,12 @@ __all__ = ["CODECS", "COMPRESSIONS", "Location", "OutputLease", "OutputSpec", "S
 if TYPE_CHECKING:
     from pipeline.io.atomic import write_bytes
     from pipeline.io.codecs import CODECS, compressors
-    from pipeline.io.exports import (
-        COMPRESSIONS,
-        codec_options,
-        export_geotiff,
-        write_comparison_png,
-        write_png,
-        write_preview_png,
-    )
+    from pipeline.io.exports import COMPRESSIONS, codec_options, export_geotiff
     from pipeline.io.geozarr import geo_group_attrs
     from pipeline.io.lease import OutputLease
     from pipeline.io.locations import Location, check_disjoint, check_paths, resolve
     from pipeline.io.manifest import TileManifest
+    from pipeline.io.previews import write_comparison_png, write_png, write_preview_png
     from pipeline.io.sources import Source, SourceInfo, SourceSpec, open_source, probe_source
     from pipeline.io.zarr_create import create_zarr_output
     from pipeline.io.zarr_output import OutputSpec, ZarrOutput

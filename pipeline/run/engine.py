@@ -25,9 +25,10 @@ import numpy as np
 from pipeline.errors import ConfigError, InputReadError, PipelineError
 from pipeline.geometry.tiling import TilePlan
 from pipeline.io.atomic import check_target, write_bytes
-from pipeline.io.exports import export_geotiff, write_comparison_png, write_preview_png
+from pipeline.io.exports import export_geotiff
 from pipeline.io.lease import OutputLease
 from pipeline.io.locations import Location, check_disjoint, resolve
+from pipeline.io.previews import write_comparison_png, write_preview_png
 from pipeline.io.zarr_create import check_output_target, create_zarr_output
 from pipeline.io.zarr_output import ZarrOutput
 from pipeline.run.executors import Executor, make_executor
