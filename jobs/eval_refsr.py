@@ -30,10 +30,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
+from jobs.labels import parse_labelled
 from jobs.train_ttsr import check_gt_dirs
 from liif.errors import LiifError
 from pipeline.refsr.evaluate import evaluate_refsr, json_safe, load_ttsr, markdown_table
@@ -45,14 +45,7 @@ __all__ = ["build_parser", "main", "parse_ttsr_args"]
 def parse_ttsr_args(values: Sequence[str]) -> list[tuple[str, str]]:
     """``["PATH", "NAME=PATH", ...]`` -> ``[(name, path)]``; a bare path is named ``ttsr`` when
     alone, else after its file stem. Duplicate names raise ``ValueError``."""
-    pairs = []
-    for v in values:
-        name, sep, path = v.partition("=")
-        if not sep:
-            name, path = ("ttsr" if len(values) == 1 else Path(v).stem), v
-        if not name or not path:
-            raise ValueError(f"--ttsr expects PATH or NAME=PATH, got {v!r}")
-        pairs.append((name, path))
+    pairs = parse_labelled(values, flag="--ttsr", lone="ttsr")
     names = [n for n, _ in pairs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

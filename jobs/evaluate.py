@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from jobs.labels import parse_labelled
 from liif.errors import LiifError
 
 DEFAULT_SETS = ["Set5", "Set14", "B100"]
@@ -38,12 +39,7 @@ DEFAULT_SETS = ["Set5", "Set14", "B100"]
 def _parse_models(items: list[str]) -> dict[str, str]:
     """``["a=path", "name"]`` -> ``{label: model}``; a lone unlabelled model is ``liif``."""
     out: dict[str, str] = {}
-    for item in items:
-        label, sep, model = item.partition("=")
-        if not sep:
-            label, model = ("liif" if len(items) == 1 else Path(item).stem), item
-        if not label or not model:
-            raise ValueError(f"--model {item!r} must be MODEL or LABEL=MODEL")
+    for label, model in parse_labelled(items, flag="--model", lone="liif"):
         if label in out or label == "bicubic":
             raise ValueError(f"--model label {label!r} is used twice (or is 'bicubic')")
         out[label] = model

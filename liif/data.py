@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from liif.coords import make_coord
+from liif.pairs import augment_flips
 from liif.resize import resize_bicubic
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -68,15 +69,6 @@ def to_pixel_samples(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return make_coord(img.shape[-2:]), img.reshape(3, -1).T
 
 
-def _augment(x: torch.Tensor, flips: np.ndarray) -> torch.Tensor:
-    """Flip rows, flip columns, transpose (each when its flag is set): ``(3, h, w)``."""
-    if flips[0]:
-        x = x.flip(-2)
-    if flips[1]:
-        x = x.flip(-1)
-    return x.transpose(-2, -1) if flips[2] else x
-
-
 def sample_patch(img: torch.Tensor, cfg: SamplerConfig, rng: np.random.Generator) -> dict:
     """One training sample from a ``(3, H, W)`` float image in [0, 1] (big enough for the crop)."""
     s = rng.uniform(cfg.scale_min, cfg.scale_max)
@@ -88,7 +80,7 @@ def sample_patch(img: torch.Tensor, cfg: SamplerConfig, rng: np.random.Generator
     lr = resize_bicubic(hr, (cfg.inp_size, cfg.inp_size)).clamp(0, 1)
     if cfg.augment:
         flips = rng.random(3) < 0.5
-        lr, hr = _augment(lr, flips), _augment(hr, flips)
+        lr, hr = augment_flips(lr, flips), augment_flips(hr, flips)
     coord, rgb = to_pixel_samples(hr.contiguous())
     idx = torch.from_numpy(rng.choice(len(coord), cfg.sample_q, replace=len(coord) < cfg.sample_q))
     cell = torch.tensor([2 / hr.shape[-2], 2 / hr.shape[-1]]).expand(cfg.sample_q, 2).clone()

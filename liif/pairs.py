@@ -17,7 +17,7 @@ import torch
 from liif.coords import make_coord
 from liif.errors import LiifError
 
-__all__ = ["PairError", "batch_from_pairs", "to_unit_tensor"]
+__all__ = ["PairError", "augment_flips", "batch_from_pairs", "to_unit_tensor"]
 
 ValueRange = tuple[float, float]
 
@@ -61,7 +61,9 @@ def to_unit_tensor(x: torch.Tensor | np.ndarray, value_range: Sequence[float] = 
     return ((t - lo) / (hi - lo)).to(torch.float32)
 
 
-def _augment(x: torch.Tensor, flips: np.ndarray) -> torch.Tensor:
+def augment_flips(x: torch.Tensor, flips: np.ndarray) -> torch.Tensor:
+    """Flip rows, flip columns, transpose (each when its flag is set): ``(C, h, w)``; the
+    paper's training augmentation, shared by every training sampler."""
     if flips[0]:
         x = x.flip(-2)
     if flips[1]:
@@ -123,7 +125,7 @@ def batch_from_pairs(
         lr, hr = lr.to(torch.float32), hr.to(torch.float32)
         if augment:
             flips = rng.random(3) < 0.5
-            lr, hr = _augment(lr, flips), _augment(hr, flips)
+            lr, hr = augment_flips(lr, flips), augment_flips(hr, flips)
         if inps and lr.shape != inps[0].shape:
             raise PairError(f"LR {i} has shape {tuple(lr.shape)} but LR 0 has "
                             f"{tuple(inps[0].shape)}; every LR of a batch must share its size")
