@@ -3,8 +3,9 @@
 The bundled default model (edsr-baseline-liif) upscales a crop of a real image (the Sentinel-2
 TCI raster of ../shared/data/geo when present, else scikit-image's astronaut) to each scale of
 ``--scales`` twice: in one job (``--scale 2 3 4``: one encoder pass per tile, every size
-decoded from the same latents) and in one job per scale. In-process executor, fp32, one
-worker; best of ``--repeat``. Also checks that each product equals its separate run.
+decoded from the same latents) and in one job per scale. In-process executor, one worker,
+``--precision`` (fp32 by default); best of ``--repeat``. Also checks that each product equals
+its separate run.
 
     python bench/multiscale.py [--side 256] [--scales 2 3 4] [--threads 2] [--repeat 1]
 """
@@ -47,7 +48,8 @@ def make_input(path: Path, side: int) -> tuple[str, str]:
     return str(path), name
 
 
-def run(src: str, out: Path, scales: list[float], threads: int) -> tuple[float, dict]:
+def run(src: str, out: Path, scales: list[float], threads: int, precision: str = "fp32"
+        ) -> tuple[float, dict]:
     from pipeline.io.sources import SourceSpec
     from pipeline.io.zarr_output import OutputSpec
     from pipeline.upscale import UpscaleConfig, run_upscale
@@ -56,7 +58,7 @@ def run(src: str, out: Path, scales: list[float], threads: int) -> tuple[float, 
         shutil.rmtree(out)
     cfg = UpscaleConfig(source=SourceSpec(src), output=OutputSpec(str(out)), scale=scales[0],
                         products=tuple(scales[1:]), executor="in-process", workers=1,
-                        threads_per_worker=threads, precision="fp32", progress=False)
+                        threads_per_worker=threads, precision=precision, progress=False)
     t0 = time.perf_counter()
     summary = run_upscale(cfg)
     return time.perf_counter() - t0, summary
@@ -71,6 +73,7 @@ def main() -> None:
     p.add_argument("--scales", type=float, nargs="+", default=[2.0, 3.0, 4.0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench_multiscale_"))
@@ -78,13 +81,13 @@ def main() -> None:
         src, name = make_input(tmp / "in.zarr", a.side)
         print(f"cpu: {platform.processor() or platform.machine()}, torch "
               f"{torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
-              f"threads {a.threads}")
+              f"threads {a.threads}, precision {a.precision}")
         print(f"input: {a.side} x {a.side} x 3 uint8 crop of {name}; scales {a.scales}")
-        best_one = min(run(src, tmp / "all.zarr", a.scales, a.threads)[0]
+        best_one = min(run(src, tmp / "all.zarr", a.scales, a.threads, a.precision)[0]
                        for _ in range(a.repeat))
         separate = {}
         for s in a.scales:
-            separate[s] = min(run(src, tmp / f"x{s:g}.zarr", [s], a.threads)[0]
+            separate[s] = min(run(src, tmp / f"x{s:g}.zarr", [s], a.threads, a.precision)[0]
                               for _ in range(a.repeat))
             print(f"  separate x{s:g}: {separate[s]:.2f} s")
         total = sum(separate.values())

@@ -256,3 +256,20 @@ def s3_server():
         fs.mkdir("liif-test")
         yield {"endpoint": endpoint, "options": options, "fs": fs}
     server.stop()
+
+
+def upscale_cli(argv: list[str]) -> int:
+    """``jobs.upscale.main(argv)`` as the shell sees it: its exit code, argparse's included."""
+    from jobs.upscale import main
+
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return int(e.code) if isinstance(e.code, int) else 1
+
+
+def last_json(capsys: pytest.CaptureFixture[str]) -> dict:
+    """The job's summary: the last stdout line, as JSON."""
+    import json
+
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])

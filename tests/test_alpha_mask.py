@@ -9,20 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import upscale_cli
 from PIL import Image
 
-from jobs.upscale import main
 from pipeline.io.sources import open_source, probe_source
 
 COMMON = ["--executor", "in-process", "--workers", "1", "--threads-per-worker", "1",
           "--precision", "fp32", "--no-progress", "--scale", "2"]
-
-
-def _run(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return int(e.code) if isinstance(e.code, int) else 1
 
 
 def _rgba(tmp_path: Path, transparent: bool = True) -> tuple[Path, np.ndarray]:
@@ -46,7 +39,7 @@ def test_alpha_zero_pixels_become_nodata_and_opaque_black_stays(
         valid = src.read_valid((0, 20), (0, 24))
     np.testing.assert_array_equal(valid, rgba[..., 3] != 0)
     out = tmp_path / "o.zarr"
-    assert _run(["--input", str(path), "--output", str(out), "--model", str(tiny_liif),
+    assert upscale_cli(["--input", str(path), "--output", str(out), "--model", str(tiny_liif),
                  *COMMON]) == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     arr = zarr.open_group(str(out), mode="r")["image"]
@@ -66,7 +59,7 @@ def test_an_opaque_alpha_is_just_dropped(tmp_path: Path, tiny_liif: Path) -> Non
     Image.fromarray(rgba[..., :3], "RGB").save(rgb)
     assert probe_source(str(path)).out_nodata is None
     for name, src in (("a.zarr", path), ("b.zarr", rgb)):
-        assert _run(["--input", str(src), "--output", str(tmp_path / name), "--model",
+        assert upscale_cli(["--input", str(src), "--output", str(tmp_path / name), "--model",
                      str(tiny_liif), *COMMON]) == 0
     a = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")["image"]
     b = zarr.open_group(str(tmp_path / "b.zarr"), mode="r")["image"]

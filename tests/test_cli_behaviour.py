@@ -11,19 +11,13 @@ import numpy as np
 import pytest
 import rasterio
 import zarr
+from conftest import upscale_cli
 
 from jobs import cli
 from jobs.upscale import _parse_count, main
 
 COMMON = ["--executor", "in-process", "--workers", "1", "--threads-per-worker", "1",
           "--precision", "fp32"]
-
-
-def _run(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return int(e.code) if isinstance(e.code, int) else 1
 
 
 @pytest.fixture()
@@ -36,7 +30,7 @@ def src(tmp_path: Path) -> str:
 def test_output_ending_in_tif_is_a_cog_without_a_leftover_zarr(
         tmp_path: Path, src: str, tiny_liif: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "scene_x2.tif"
-    rc = _run(["--input", src, "--output", str(out), "--scale", "2", "--model", str(tiny_liif),
+    rc = upscale_cli(["--input", src, "--output", str(out), "--scale", "2", "--model", str(tiny_liif),
                "--no-progress", *COMMON])
     assert rc == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -46,14 +40,14 @@ def test_output_ending_in_tif_is_a_cog_without_a_leftover_zarr(
         assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr", "scene_x2.tif"]
     # a second run refuses to replace it without --overwrite
-    assert _run(["--input", src, "--output", str(out), "--scale", "2", "--model",
+    assert upscale_cli(["--input", src, "--output", str(out), "--scale", "2", "--model",
                  str(tiny_liif), "--no-progress", *COMMON]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
 
 def test_cog_alone_needs_no_output(tmp_path: Path, src: str, tiny_liif: Path) -> None:
     cog = tmp_path / "only.tif"
-    assert _run(["--input", src, "--cog", str(cog), "--scale", "2", "--model", str(tiny_liif),
+    assert upscale_cli(["--input", src, "--cog", str(cog), "--scale", "2", "--model", str(tiny_liif),
                  "--no-progress", *COMMON]) == 0
     assert cog.is_file() and not (tmp_path / ".only.tif.zarr").exists()
 
@@ -61,7 +55,7 @@ def test_cog_alone_needs_no_output(tmp_path: Path, src: str, tiny_liif: Path) ->
 @pytest.mark.parametrize("name", ["out.png", "out.JPG"])
 def test_image_file_outputs_are_refused_with_what_to_do(tmp_path: Path, src: str, name: str,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    assert _run(["--input", src, "--output", str(tmp_path / name), "--scale", "2"]) == 2
+    assert upscale_cli(["--input", src, "--output", str(tmp_path / name), "--scale", "2"]) == 2
     err = capsys.readouterr().err
     assert "--preview" in err and ".tif" in err and not (tmp_path / name).exists()
 
@@ -75,18 +69,18 @@ def test_pixel_counts_accept_the_usual_forms(text: str, value: int) -> None:
 
 def test_the_default_limit_refuses_a_ten_gigapixel_size(src: str, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    assert _run(["--input", src, "--output", str(tmp_path / "o.zarr"), "--size",
+    assert upscale_cli(["--input", src, "--output", str(tmp_path / "o.zarr"), "--size",
                  "100000x100000", *COMMON]) == 2
     err = capsys.readouterr().err
     assert "4,000,000,000" in err and not (tmp_path / "o.zarr").exists()
-    assert _run(["--input", src, "--output", str(tmp_path / "o.zarr"), "--size", "100x100",
+    assert upscale_cli(["--input", src, "--output", str(tmp_path / "o.zarr"), "--size", "100x100",
                  "--max-output-pixels", "1e3", *COMMON]) == 2
     assert "1,000" in capsys.readouterr().err
 
 
 def test_the_plan_is_printed_before_work(tmp_path: Path, src: str, tiny_liif: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    assert _run(["--input", src, "--output", str(tmp_path / "o.zarr"), "--scale", "2",
+    assert upscale_cli(["--input", src, "--output", str(tmp_path / "o.zarr"), "--scale", "2",
                  "--model", str(tiny_liif), *COMMON]) == 0
     err = capsys.readouterr().err
     lines = err.splitlines()
@@ -122,7 +116,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path: Path, src: str, tiny
     assert "--resume" in " ".join(info.value.__notes__)
     lease = tmp_path / ".o.zarr.lease.json"
     assert not lease.exists()  # the lease was released
-    rc = _run(["--input", src, "--output", str(tmp_path / "o.zarr"), "--scale", "2", "--model",
+    rc = upscale_cli(["--input", src, "--output", str(tmp_path / "o.zarr"), "--scale", "2", "--model",
                str(tiny_liif), "--tile", "16", "--chunk", "16", "--resume", "--no-progress",
                *COMMON])
     assert rc == 0
@@ -141,7 +135,7 @@ def test_the_cli_says_how_to_resume_after_ctrl_c(monkeypatch: pytest.MonkeyPatch
         raise e
 
     monkeypatch.setattr(up, "run_upscale", interrupted)
-    rc = _run(["--input", src, "--output", str(tmp_path / "o.zarr"), "--scale", "2", *COMMON])
+    rc = upscale_cli(["--input", src, "--output", str(tmp_path / "o.zarr"), "--scale", "2", *COMMON])
     err = capsys.readouterr().err
     assert rc == 130 and "interrupted" in err and "--resume" in err and "Traceback" not in err
 
@@ -150,7 +144,7 @@ def test_relative_paths_under_ray_job_submit_are_explained(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR",
                        json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_abc.zip"}}))
-    assert _run(["--input", "data/scene.tif", "--output", "/abs/out.zarr", "--scale", "2"]) == 2
+    assert upscale_cli(["--input", "data/scene.tif", "--output", "/abs/out.zarr", "--scale", "2"]) == 2
     err = capsys.readouterr().err
     assert "--input 'data/scene.tif' is a relative path" in err and "ray job submit" in err
     assert "absolute path or a URL" in err
@@ -176,13 +170,13 @@ def test_a_ray_address_that_does_not_answer_fails_fast(src: str, tmp_path: Path,
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
     t0 = time.perf_counter()
-    rc = _run(["--input", src, "--output", str(tmp_path / "o.zarr"), "--scale", "2",
+    rc = upscale_cli(["--input", src, "--output", str(tmp_path / "o.zarr"), "--scale", "2",
                "--executor", "ray", "--address", f"127.0.0.1:{port}"])
     err = capsys.readouterr().err
     assert rc == 2 and f"127.0.0.1:{port}" in err and "ray start --head" in err
     assert time.perf_counter() - t0 < 60
     assert not (tmp_path / "o.zarr").exists()  # nothing written before the connection
-    assert _run(["--input", src, "--output", str(tmp_path / "o.zarr"), "--scale", "2",
+    assert upscale_cli(["--input", src, "--output", str(tmp_path / "o.zarr"), "--scale", "2",
                  "--executor", "ray", "--address", "http://127.0.0.1:8265"]) == 2
     assert "dashboard URL" in capsys.readouterr().err
 
@@ -213,7 +207,7 @@ def test_auto_codec_follows_the_dtype_and_ends_with_a_checksum(
     src = zarr.create_array(str(tmp_path / "in.zarr"), shape=(3, 16, 16), dtype=dtype)
     src[:] = np.random.default_rng(1).integers(1, 200, (3, 16, 16)).astype(dtype)
     out = tmp_path / "o.zarr"
-    assert _run(["--input", str(tmp_path / "in.zarr"), "--output", str(out), "--scale", "2",
+    assert upscale_cli(["--input", str(tmp_path / "in.zarr"), "--output", str(out), "--scale", "2",
                  "--model", str(tiny_liif), "--no-progress", *COMMON]) == 0
     names = _codec_names(zarr.open_group(str(out), mode="r")["image"])
     assert expected in names and names[-1] == "Crc32cCodec"
@@ -221,7 +215,7 @@ def test_auto_codec_follows_the_dtype_and_ends_with_a_checksum(
 
 def test_an_explicit_codec_and_level_are_used(tmp_path: Path, src: str, tiny_liif: Path) -> None:
     out = tmp_path / "o.zarr"
-    assert _run(["--input", src, "--output", str(out), "--scale", "2", "--codec", "blosc-lz4:3",
+    assert upscale_cli(["--input", src, "--output", str(out), "--scale", "2", "--codec", "blosc-lz4:3",
                  "--model", str(tiny_liif), "--no-progress", *COMMON]) == 0
     arr = zarr.open_group(str(out), mode="r")["image"]
     blosc = [c for c in arr.metadata.codecs if type(c).__name__ == "BloscCodec"]
@@ -240,7 +234,7 @@ def test_bad_output_options_fail_before_anything_is_written(
         capsys: pytest.CaptureFixture[str]) -> None:
     flags = [str(tmp_path / f) if f.endswith((".tif", ".png")) else f for f in flags]
     out = tmp_path / "o.zarr"
-    assert _run(["--input", src, "--output", str(out), "--scale", "2", "--model",
+    assert upscale_cli(["--input", src, "--output", str(out), "--scale", "2", "--model",
                  str(tiny_liif), "--no-progress", *COMMON, *flags]) == 2
     assert needle in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr"]
@@ -252,7 +246,7 @@ def test_compare_writes_output_beside_bicubic(tmp_path: Path, tiny_liif: Path,
     src = zarr.create_array(str(tmp_path / "in.zarr"), shape=(3, 40, 40), dtype="uint8")
     src[:] = np.random.default_rng(2).integers(0, 255, (3, 40, 40), dtype=np.uint8)
     cmp_png = tmp_path / "cmp.png"
-    assert _run(["--input", str(tmp_path / "in.zarr"), "--output", str(tmp_path / "o.zarr"),
+    assert upscale_cli(["--input", str(tmp_path / "in.zarr"), "--output", str(tmp_path / "o.zarr"),
                  "--scale", "2", "--compare", str(cmp_png), "--compare-crop", "32",
                  "--model", str(tiny_liif), "--no-progress", *COMMON]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -277,7 +271,7 @@ def test_preview_reads_the_smallest_adequate_overview(tmp_path: Path, tiny_liif:
     src[:] = np.random.default_rng(3).integers(0, 255, (3, 128, 128), dtype=np.uint8)
     out = tmp_path / "o.zarr"
     prev = tmp_path / "p.png"
-    assert _run(["--input", str(tmp_path / "in.zarr"), "--output", str(out), "--scale", "2",
+    assert upscale_cli(["--input", str(tmp_path / "in.zarr"), "--output", str(out), "--scale", "2",
                  "--overviews", "2", "--chunk", "64", "--tile", "256", "--preview", str(prev),
                  "--preview-size", "64", "--model", str(tiny_liif), "--no-progress",
                  *COMMON]) == 0
@@ -290,7 +284,7 @@ def test_preview_reads_the_smallest_adequate_overview(tmp_path: Path, tiny_liif:
 
 def test_cog_codec_options_reach_the_file(tmp_path: Path, src: str, tiny_liif: Path) -> None:
     cog = tmp_path / "c.tif"
-    assert _run(["--input", src, "--cog", str(cog), "--scale", "2", "--cog-compress", "zstd",
+    assert upscale_cli(["--input", src, "--cog", str(cog), "--scale", "2", "--cog-compress", "zstd",
                  "--cog-level", "1", "--cog-threads", "1", "--model", str(tiny_liif),
                  "--no-progress", *COMMON]) == 0
     with rasterio.open(cog) as ds:

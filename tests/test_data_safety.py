@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 import rasterio
 import zarr
-from conftest import tree_digest
+from conftest import tree_digest, upscale_cli
 
-from jobs.upscale import main
 from pipeline.errors import InputReadError, OutputLockedError
 from pipeline.geometry.tiling import output_positions
 from pipeline.io.lease import OutputLease, lease_location
@@ -33,13 +32,6 @@ from pipeline.upscale import UpscaleConfig, run_upscale
 COMMON = ["--executor", "in-process", "--no-progress", "--workers", "1", "--threads-per-worker",
           "1"]
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return int(e.code) if isinstance(e.code, int) else 1
 
 
 def zarr_input(path: Path, data: np.ndarray, **attrs: object) -> str:
@@ -106,7 +98,7 @@ def test_a_second_job_on_a_leased_output_is_refused(tmp_path: Path, tiny_liif: P
     first = _start_slow_job(tiny_liif, src, out)
     try:
         for flag in ("--overwrite", "--resume"):
-            rc = run_cli(["--input", src, "--output", str(out), "--scale", "2", "--model",
+            rc = upscale_cli(["--input", src, "--output", str(out), "--scale", "2", "--model",
                           str(tiny_liif), "--tile", "16", "--chunk", "16", flag, *COMMON])
             err = capsys.readouterr().err
             assert rc == 2, err
@@ -396,7 +388,7 @@ def test_corrupt_input_is_a_clear_error_and_the_output_stays_resumable(
     argv = ["--input", str(bad), "--output", str(out), "--scale", "2", "--model", str(tiny_liif),
             "--tile", "64", "--chunk", "32", "--no-progress", "--executor", executor,
             "--workers", "1", "--threads-per-worker", "1"]
-    rc = run_cli(argv)
+    rc = upscale_cli(argv)
     err = capsys.readouterr().err
     assert rc == 2, err
     assert "Traceback" not in err and str(bad) in err and "rows" in err and "cols" in err
@@ -411,10 +403,10 @@ def test_corrupt_input_is_a_clear_error_and_the_output_stays_resumable(
         shutil.copytree(good, bad, copy_function=shutil.copy2)
     else:
         shutil.copy2(good, bad)
-    rc = run_cli([*argv, "--resume"])
+    rc = upscale_cli([*argv, "--resume"])
     assert rc == 0, capsys.readouterr().err
     clean = tmp_path / "clean.zarr"
-    assert run_cli(["--input", str(good), "--output", str(clean), *argv[4:]]) == 0
+    assert upscale_cli(["--input", str(good), "--output", str(clean), *argv[4:]]) == 0
     assert np.array_equal(read(out), read(clean))
 
 
@@ -435,7 +427,7 @@ def test_truncated_output_metadata_names_the_file(tmp_path: Path, tiny_liif: Pat
     run_upscale(cfg(tiny_liif, src, out))
     meta = out / "image" / "zarr.json"
     meta.write_text(meta.read_text()[:50])
-    rc = run_cli(["--input", src, "--output", str(out), "--scale", "2", "--model",
+    rc = upscale_cli(["--input", src, "--output", str(out), "--scale", "2", "--model",
                   str(tiny_liif), "--tile", "32", "--chunk", "16", "--resume", *COMMON])
     err = capsys.readouterr().err
     assert rc == 2 and "image" in err and str(out) in err and "Traceback" not in err
@@ -447,7 +439,7 @@ def test_truncated_input_group_metadata_names_the_file(tmp_path: Path, tiny_liif
     g.create_array("image", shape=(3, 16, 16), dtype="float32")[:] = 0.5
     meta = tmp_path / "g.zarr" / "image" / "zarr.json"
     meta.write_text(meta.read_text()[:60])
-    rc = run_cli(["--input", str(tmp_path / "g.zarr"), "--output", str(tmp_path / "o.zarr"),
+    rc = upscale_cli(["--input", str(tmp_path / "g.zarr"), "--output", str(tmp_path / "o.zarr"),
                   "--scale", "2", "--model", str(tiny_liif), *COMMON])
     err = capsys.readouterr().err
     assert rc == 2 and "g.zarr" in err and "corrupt zarr metadata" in err

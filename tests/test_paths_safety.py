@@ -16,22 +16,14 @@ import numpy as np
 import pytest
 import rasterio
 import zarr
-from conftest import tree_digest
+from conftest import tree_digest, upscale_cli
 from PIL import Image
 from rasterio.transform import Affine
 
-from jobs.upscale import main
 from pipeline.io.locations import check_disjoint, resolve
 
 COMMON = ["--executor", "in-process", "--no-progress", "--workers", "1", "--threads-per-worker",
           "1"]
-
-
-def run_cli(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return int(e.code) if isinstance(e.code, int) else 1
 
 
 @pytest.fixture()
@@ -149,7 +141,7 @@ def test_output_overlapping_a_read_or_written_path_is_refused(
     argv = build(d)
     before = tree_digest(d)
     capsys.readouterr()
-    rc = run_cli(argv)
+    rc = upscale_cli(argv)
     err = capsys.readouterr().err
     assert rc == 2, f"{argv}: exit {rc}; {err[-400:]}"
     for flag in flags:
@@ -162,7 +154,7 @@ def test_summary_in_a_missing_folder_fails_before_work(world: dict[str, Path],
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     d = world["d"]
     before = tree_digest(d)
-    rc = run_cli(liif_job(d, str(d / "in.zarr"), str(d / "o.zarr"), "--summary",
+    rc = upscale_cli(liif_job(d, str(d / "in.zarr"), str(d / "o.zarr"), "--summary",
                           "nodir/s.json"))
     err = capsys.readouterr().err
     assert rc == 2 and "nodir" in err and "does not exist" in err
@@ -173,10 +165,10 @@ def test_existing_summary_obeys_overwrite_and_is_written_whole(
         world: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     d = world["d"]
     (d / "s.json").write_text("keep")
-    rc = run_cli(liif_job(d, str(d / "in.zarr"), str(d / "o.zarr"), "--summary", "s.json"))
+    rc = upscale_cli(liif_job(d, str(d / "in.zarr"), str(d / "o.zarr"), "--summary", "s.json"))
     assert rc == 2 and "--overwrite" in capsys.readouterr().err
     assert (d / "s.json").read_text() == "keep" and not (d / "o.zarr").exists()
-    rc = run_cli(liif_job(d, str(d / "in.zarr"), str(d / "o.zarr"), "--summary", "s.json",
+    rc = upscale_cli(liif_job(d, str(d / "in.zarr"), str(d / "o.zarr"), "--summary", "s.json",
                           "--overwrite"))
     assert rc == 0
     summary = json.loads((d / "s.json").read_text())
@@ -194,13 +186,13 @@ def test_overwrite_replaces_only_an_output_of_this_project(
     for target in ("foreign.zarr", "sub"):
         (d / "sub" / "keep.txt").write_text("mine") if target == "sub" else None
         before = tree_digest(d)
-        rc = run_cli(liif_job(d, str(d / "in.zarr"), str(d / target), "--overwrite"))
+        rc = upscale_cli(liif_job(d, str(d / "in.zarr"), str(d / target), "--overwrite"))
         err = capsys.readouterr().err
         assert rc == 2 and "not an output of this project" in err, err
         assert tree_digest(d) == before
     # our own output is replaced
-    assert run_cli(liif_job(d, str(d / "in.zarr"), str(d / "ours.zarr"))) == 0
-    assert run_cli(liif_job(d, str(d / "in.zarr"), str(d / "ours.zarr"), "--overwrite")) == 0
+    assert upscale_cli(liif_job(d, str(d / "in.zarr"), str(d / "ours.zarr"))) == 0
+    assert upscale_cli(liif_job(d, str(d / "in.zarr"), str(d / "ours.zarr"), "--overwrite")) == 0
 
 
 def test_checks_run_before_the_model_loads(world: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
@@ -212,7 +204,7 @@ def test_checks_run_before_the_model_loads(world: dict[str, Path], monkeypatch: 
 
     monkeypatch.setattr(up, "_model_info", no_model)
     d = world["d"]
-    rc = run_cli(liif_job(d, str(d / "scene.tif"), str(d / "o.zarr"), "--cog", "scene.tif",
+    rc = upscale_cli(liif_job(d, str(d / "scene.tif"), str(d / "o.zarr"), "--cog", "scene.tif",
                           "--overwrite"))
     assert rc == 2 and "--cog" in capsys.readouterr().err
 

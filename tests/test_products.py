@@ -3,30 +3,17 @@ size, and each product equals a separate run at that size."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 import zarr
+from conftest import last_json, upscale_cli
 from rasterio.transform import from_origin
-
-from jobs.upscale import main
 
 COMMON = ["--executor", "in-process", "--workers", "1", "--threads-per-worker", "1",
           "--precision", "fp32", "--no-progress"]
-
-
-def _run(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return int(e.code) if isinstance(e.code, int) else 1
-
-
-def _summary(capsys: pytest.CaptureFixture[str]) -> dict:
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def _float_input(tmp_path: Path) -> str:
@@ -40,21 +27,21 @@ def _image(path: Path, array: str = "image") -> np.ndarray:
 
 
 @pytest.mark.parametrize("scales", [["2", "4"], ["3.7", "1.5", "2,3"]])
-def test_each_product_equals_a_separate_run(tmp_path: Path, tiny_liif: Path,
+def test_each_product_equals_a_separaterun_upscale(tmp_path: Path, tiny_liif: Path,
                                             scales: list[str],
                                             capsys: pytest.CaptureFixture[str]) -> None:
     src = _float_input(tmp_path)
     vr = ["--value-range", "0", "1", "--chunk", "16", "--model", str(tiny_liif), *COMMON]
     both = tmp_path / "both.zarr"
-    assert _run(["--input", src, "--output", str(both), "--scale", *scales, "--tile", "32",
+    assert upscale_cli(["--input", src, "--output", str(both), "--scale", *scales, "--tile", "32",
                  *vr]) == 0, capsys.readouterr().err
-    summary = _summary(capsys)
+    summary = last_json(capsys)
     assert summary["tiles"] > 1  # the products really are tiled
     shapes = {}
     for s in scales:
         one = tmp_path / f"one_{s}.zarr"
-        assert _run(["--input", src, "--output", str(one), "--scale", s, *vr]) == 0
-        shapes[s] = _summary(capsys)["out_shape"]
+        assert upscale_cli(["--input", src, "--output", str(one), "--scale", s, *vr]) == 0
+        shapes[s] = last_json(capsys)["out_shape"]
         shapes[s + "_data"] = _image(one)
     largest = max(scales, key=lambda s: shapes[s][0] * shapes[s][1])
     assert summary["out_shape"] == shapes[largest]
@@ -90,10 +77,10 @@ def test_products_keep_nodata_georeference_and_resume(tmp_path: Path, tiny_liif:
     out = tmp_path / "out.zarr"
     args = ["--input", src, "--output", str(out), "--scale", "2", "4", "--chunk", "16",
             "--tile", "32", "--zarr-format", "2", "--model", str(tiny_liif), *COMMON]
-    assert _run(args) == 0, capsys.readouterr().err
-    first = _summary(capsys)
+    assert upscale_cli(args) == 0, capsys.readouterr().err
+    first = last_json(capsys)
     one = tmp_path / "x2.zarr"
-    assert _run(["--input", src, "--output", str(one), "--scale", "2", "--chunk", "16",
+    assert upscale_cli(["--input", src, "--output", str(one), "--scale", "2", "--chunk", "16",
                  "--model", str(tiny_liif), *COMMON]) == 0
     capsys.readouterr()
     sep, prod = _image(one), _image(out, "scales/x2/image")
@@ -109,13 +96,13 @@ def test_products_keep_nodata_georeference_and_resume(tmp_path: Path, tiny_liif:
     chunk = next(p for p in (out / "scales" / "x2" / "image").iterdir()
                  if not p.name.startswith("."))
     chunk.write_bytes(b"garbage")
-    assert _run([*args, "--resume"]) == 0
-    again = _summary(capsys)
+    assert upscale_cli([*args, "--resume"]) == 0
+    again = last_json(capsys)
     assert again["tiles_redone"] >= 1 and again["tiles_verified"] + again["tiles_redone"] == \
         first["tiles"]
     np.testing.assert_array_equal(_image(out, "scales/x2/image"), before)
     # resuming with another set of sizes is refused
-    assert _run([*args[:5], "2", "8", *args[7:], "--resume"]) == 2
+    assert upscale_cli([*args[:5], "2", "8", *args[7:], "--resume"]) == 2
     assert "products" in capsys.readouterr().err
 
 
@@ -129,7 +116,7 @@ def test_product_misuse_is_refused(tmp_path: Path, tiny_liif: Path, flags: list[
     out = str(tmp_path / ("o.tif" if "--output-is-tif" in flags else "o.zarr"))
     flags = [f for f in flags if f not in ("--output-is-tif", "--reference-too")] + (
         ["--reference", src] if "--reference-too" in flags else [])
-    assert _run(["--input", src, "--output", out, *flags, "--model", str(tiny_liif),
+    assert upscale_cli(["--input", src, "--output", out, *flags, "--model", str(tiny_liif),
                  *COMMON]) == 2
     assert needle in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr"]

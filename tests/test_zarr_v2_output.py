@@ -4,7 +4,6 @@ exports, reading it back as an input) works on it as on v3."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -12,20 +11,12 @@ import numpy as np
 import pytest
 import rasterio
 import zarr
+from conftest import last_json, upscale_cli
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from jobs.upscale import main
-
 COMMON = ["--executor", "in-process", "--workers", "1", "--threads-per-worker", "1",
           "--precision", "fp32", "--no-progress"]
-
-
-def _run(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return int(e.code) if isinstance(e.code, int) else 1
 
 
 def _geotiff(path: Path, dtype: str, bands: int, nodata: float | None) -> Path:
@@ -40,10 +31,6 @@ def _geotiff(path: Path, dtype: str, bands: int, nodata: float | None) -> Path:
     return path
 
 
-def _summary(capsys: pytest.CaptureFixture[str]) -> dict:
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
-
 @pytest.mark.parametrize(("dtype", "bands", "nodata"), [("uint8", 3, 0), ("uint16", 1, None),
                                                         ("float32", 2, float("nan"))])
 def test_gdal_opens_the_job_output_georeferenced(tmp_path: Path, tiny_liif: Path, dtype: str,
@@ -51,7 +38,7 @@ def test_gdal_opens_the_job_output_georeferenced(tmp_path: Path, tiny_liif: Path
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     src = _geotiff(tmp_path / "in.tif", dtype, bands, nodata)
     out = tmp_path / "out.zarr"
-    assert _run(["--input", str(src), "--output", str(out), "--scale", "2", "--zarr-format",
+    assert upscale_cli(["--input", str(src), "--output", str(out), "--scale", "2", "--zarr-format",
                  "2", "--chunk", "32", "--model", str(tiny_liif), *COMMON]) == 0, \
         capsys.readouterr().err
     assert (out / ".zgroup").is_file() and not (out / "zarr.json").exists()
@@ -77,24 +64,24 @@ def test_v2_resume_verifies_and_refuses_another_format(tmp_path: Path, tiny_liif
     out = tmp_path / "out.zarr"
     args = ["--input", str(src), "--output", str(out), "--scale", "2", "--chunk", "32",
             "--tile", "32", "--model", str(tiny_liif), *COMMON]
-    assert _run([*args, "--zarr-format", "2"]) == 0
-    first = _summary(capsys)
+    assert upscale_cli([*args, "--zarr-format", "2"]) == 0
+    first = last_json(capsys)
     before = zarr.open_group(str(out), mode="r")["image"][:]
     # a chunk damaged on disk (zstd frame checksum) is found and redone on resume
     chunk = next(p for p in (out / "image").iterdir() if not p.name.startswith("."))
     raw = bytearray(chunk.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     chunk.write_bytes(bytes(raw))
-    assert _run([*args, "--zarr-format", "2", "--resume"]) == 0
-    again = _summary(capsys)
+    assert upscale_cli([*args, "--zarr-format", "2", "--resume"]) == 0
+    again = last_json(capsys)
     assert again["tiles_verified"] + again["tiles_redone"] == first["tiles"]
     assert again["tiles_redone"] >= 1
     np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["image"][:], before)
     # resuming it as v3 is refused, with nothing changed
-    assert _run([*args, "--resume"]) == 2
+    assert upscale_cli([*args, "--resume"]) == 2
     assert "Zarr format" in capsys.readouterr().err
     # --overwrite recognises the v2 group as ours
-    assert _run([*args, "--overwrite"]) == 0
+    assert upscale_cli([*args, "--overwrite"]) == 0
     assert (out / "zarr.json").is_file() and not (out / ".zgroup").exists()
 
 
@@ -104,14 +91,14 @@ def test_output_with_overviews_previews_and_reads_back_as_input(
     from PIL import Image
     src = _geotiff(tmp_path / "in.tif", "uint8", 3, None)
     out = tmp_path / "out.zarr"
-    assert _run(["--input", str(src), "--output", str(out), "--scale", "2", "--zarr-format", fmt,
+    assert upscale_cli(["--input", str(src), "--output", str(out), "--scale", "2", "--zarr-format", fmt,
                  "--chunk", "16", "--tile", "32", "--overviews", "1", "--preview",
                  str(tmp_path / "p.png"), "--model", str(tiny_liif), *COMMON]) == 0
     g = zarr.open_group(str(out), mode="r")
     assert g["overviews/1"].shape == (3, 40, 36)
     assert Image.open(tmp_path / "p.png").size == (72, 80)
     again = tmp_path / "again.zarr"  # our output (image + overviews + x/y) as an input
-    assert _run(["--input", str(out), "--output", str(again), "--scale", "1", "--model",
+    assert upscale_cli(["--input", str(out), "--output", str(again), "--scale", "1", "--model",
                  str(tiny_liif), *COMMON]) == 0
     assert zarr.open_group(str(again), mode="r")["image"].shape == (3, 80, 72)
 
@@ -122,7 +109,7 @@ def test_what_v2_cannot_hold_is_refused_before_any_write(
         tmp_path: Path, tiny_liif: Path, flags: list[str], needle: str,
         capsys: pytest.CaptureFixture[str]) -> None:
     src = _geotiff(tmp_path / "in.tif", "uint8", 3, 0)
-    assert _run(["--input", str(src), "--output", str(tmp_path / "o.zarr"), "--scale", "2",
+    assert upscale_cli(["--input", str(src), "--output", str(tmp_path / "o.zarr"), "--scale", "2",
                  "--zarr-format", "2", *flags, "--model", str(tiny_liif), *COMMON]) == 2
     assert needle in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
