@@ -14,24 +14,12 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import make_tiny_liif as tiny_checkpoint
 
-import liif
 from jobs.upscale import main
 
-ENCODER = {"name": "edsr-baseline", "args": {"no_upsampling": True, "n_resblocks": 2, "n_feats": 8}}
-IMNET = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16, 16]}}
 COMMON = ["--executor", "in-process", "--no-progress", "--workers", "1", "--threads-per-worker", "1"]
 
-
-def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A tiny EDSR-baseline LIIF with seeded random weights."""
-    torch.manual_seed(seed)
-    model = liif.LIIF(ENCODER, imnet_spec=IMNET)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.normal_(0.0, 0.15)
-    return liif.save_checkpoint(model, path)
 
 
 def zarr_array(path: Path, shape: tuple[int, ...], dtype: str, fill: bool = True) -> str:

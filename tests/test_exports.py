@@ -19,6 +19,7 @@ from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.io import MemoryFile
 from rasterio.transform import Affine
+from test_zarr_output import TRANSFORM, WKT, _attrs, _create, _tiles
 
 from jobs.upscale import main
 from liif.resize import resize_bicubic
@@ -27,37 +28,12 @@ from pipeline.io import exports
 from pipeline.io.exports import COMPRESSIONS, codec_options, export_geotiff
 from pipeline.io.previews import write_comparison_png, write_png, write_preview_png
 from pipeline.io.sources import SourceSpec, open_source
-from pipeline.io.zarr_create import create_zarr_output
-from pipeline.io.zarr_output import CREATED_BY, OutputSpec, ZarrOutput
+from pipeline.io.zarr_output import CREATED_BY, ZarrOutput
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
-WKT = CRS.from_epsg(32633).to_wkt()
-TRANSFORM = (2.5, 0.0, 500_000.0, 0.0, -2.5, 4_000_000.0)
 CLI = ["--executor", "in-process", "--no-progress", "--threads-per-worker", "1"]
 NAIP = "geo/naip_m_4709963_se_14_1_20100629_5m.tif"
-
-
-def _attrs(**extra) -> dict:
-    attrs = {
-        "scale": [2.0, 2.0], "out_shape": [37, 53], "in_shape": [19, 27],
-        "model": {"name": "liif", "args": {}, "weights_sha256": "ab" * 32},
-        "source_uri": "in.tif", "crs": WKT, "transform": TRANSFORM, "value_range": [0, 65535],
-        "nodata": 0, "job": {"model": "edsr-baseline-liif", "scale": 2.0},
-    }
-    attrs.update(extra)
-    return attrs
-
-
-def _create(uri: str, shape=(3, 37, 53), dtype="uint16", chunks=(8, 16), **kw) -> ZarrOutput:
-    kw.setdefault("attrs", _attrs())
-    kw.setdefault("fill_value", 0)
-    return create_zarr_output(OutputSpec(uri), shape=shape, dtype=dtype, chunks=chunks, **kw)
-
-
-def _tiles(h: int, w: int, th: int, tw: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-    return [((r, min(r + th, h)), (c, min(c + tw, w)))
-            for r in range(0, h, th) for c in range(0, w, tw)]
 
 
 def _filled(uri: str, ref: np.ndarray, chunks=(64, 96), **kw) -> ZarrOutput:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import make_tiny_liif as tiny_checkpoint
 from PIL import Image
 
 import liif
@@ -16,20 +17,6 @@ from pipeline.io.sources import SourceSpec
 from pipeline.io.values import to_unit
 from pipeline.io.zarr_output import OutputSpec
 from pipeline.upscale import UpscaleConfig, run_upscale
-
-ENCODER = {"name": "edsr-baseline", "args": {"no_upsampling": True, "n_resblocks": 2, "n_feats": 8}}
-IMNET = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16, 16]}}
-
-
-def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A tiny EDSR-baseline LIIF with seeded random weights."""
-    torch.manual_seed(seed)
-    model = liif.LIIF(ENCODER, imnet_spec=IMNET)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.normal_(0.0, 0.15)
-    return liif.save_checkpoint(model, path)
 
 
 @pytest.mark.ray

@@ -18,6 +18,7 @@ import pytest
 import rasterio
 import torch
 import zarr
+from conftest import make_tiny_liif as tiny_checkpoint
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
@@ -32,22 +33,10 @@ from pipeline.run.progress import Progress
 from pipeline.upscale import UpscaleConfig, run_upscale
 
 REPO = Path(__file__).resolve().parents[1]
-ENCODER = {"name": "edsr-baseline", "args": {"no_upsampling": True, "n_resblocks": 2, "n_feats": 8}}
-IMNET = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16, 16]}}
 CLI = ["--executor", "in-process", "--no-progress", "--threads-per-worker", "1", "--precision",
        "fp32"]
 TOL = 1e-5
 
-
-def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A tiny EDSR-baseline LIIF (halo 8) with seeded random weights."""
-    torch.manual_seed(seed)
-    model = liif.LIIF(ENCODER, imnet_spec=IMNET)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.normal_(0.0, 0.15)
-    return liif.save_checkpoint(model, path)
 
 
 def write_zarr(path: Path, data: np.ndarray, attrs: dict | None = None) -> str:

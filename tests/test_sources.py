@@ -624,31 +624,11 @@ def test_numpy_integer_window_and_read_after_close(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def s3_options():
-    """storage_options for a moto S3 server on 127.0.0.1 holding bucket ``liif-inputs``."""
-    moto_server = pytest.importorskip("moto.server")
-    s3fs = pytest.importorskip("s3fs")
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "NO_PROXY": "127.0.0.1,localhost",
-        }.items():
-            mp.setenv(key, value)
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            options = {
-                "endpoint_url": f"http://{host}:{port}",
-                "key": "testing",
-                "secret": "testing",
-            }
-            s3fs.S3FileSystem(**options).mkdir("liif-inputs")
-            yield options
-        finally:
-            server.stop()
+def s3_options(s3_server: dict) -> dict:
+    """storage_options for the session's moto S3 server, with bucket ``liif-inputs``."""
+    if not s3_server["fs"].exists("liif-inputs"):
+        s3_server["fs"].mkdir("liif-inputs")
+    return s3_server["options"]
 
 
 def test_s3_zarr(s3_options: dict) -> None:

@@ -337,25 +337,11 @@ def test_output_spec_validation():
 
 
 @pytest.fixture(scope="module")
-def s3():
-    moto_server = pytest.importorskip("moto.server")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            options = {
-                "endpoint_url": f"http://{host}:{port}",
-                "key": "testing",
-                "secret": "testing",
-            }
-            fsspec.filesystem("s3", **options).mkdir("liif-sinks")
-            yield options
-        finally:
-            server.stop()
+def s3(s3_server: dict) -> dict:
+    """storage_options for the session's moto S3 server, with bucket ``liif-sinks``."""
+    if not s3_server["fs"].exists("liif-sinks"):
+        s3_server["fs"].mkdir("liif-sinks")
+    return s3_server["options"]
 
 
 def test_zarr_output_and_manifest_on_s3(s3, rng):
