@@ -36,7 +36,8 @@ import torch
 from jobs.labels import parse_labelled
 from jobs.train_ttsr import check_gt_dirs
 from liif.errors import LiifError
-from pipeline.refsr.evaluate import evaluate_refsr, json_safe, load_ttsr, markdown_table
+from pipeline.io.jsontext import json_safe
+from pipeline.refsr.evaluate import evaluate_refsr, load_ttsr, markdown_table
 from pipeline.training.ttsr import GTReadError, load_ref_samples
 
 __all__ = ["build_parser", "main", "parse_ttsr_args"]

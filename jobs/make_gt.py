@@ -14,7 +14,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ import yaml
 
 from pipeline.errors import PipelineError
 from pipeline.gt import GTConfig, check_gt_paths, make_gt, shard_paths
+from pipeline.io.jsontext import json_line
 
 
 def _storage_options(items: list[str], parser: argparse.ArgumentParser) -> dict[str, Any] | None:
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if tmp is not None:  # the generated inputs (and the output, unless --output was given)
             tmp.cleanup()
-    print(json.dumps(summary))
+    print(json_line(summary))
     return 0
 
 

@@ -17,7 +17,6 @@ on stdout. Rerunning with the same ``--out`` resumes (bit-identical to an uninte
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from typing import Any
 
 from liif.checkpoint import CheckpointError
 from liif.ttsr.model import parse_num_res_blocks
+from pipeline.io.jsontext import json_line
 from pipeline.io.locations import check_paths
 from pipeline.training.ttsr import GTReadError, TTSRTrainConfig, train_ttsr
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except (GTReadError, CheckpointError, PipelineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(summary), flush=True)
+    print(json_line(summary), flush=True)
     return 0
 
 

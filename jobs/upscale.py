@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.io.jsontext import json_line
+
 DEMO_SCALE = 3.7
 
 
@@ -293,7 +295,7 @@ def _run_and_report(a: argparse.Namespace, build: Callable[[], Any],
         notes = " ".join(getattr(e, "__notes__", ()))
         sys.stderr.write(f"\ninterrupted. {notes or 'Rerun the same command with --resume.'}\n")
         return 130
-    print(json.dumps(summary))
+    print(json_line(summary))
     return 0
 
 

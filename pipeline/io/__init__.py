@@ -27,20 +27,22 @@ _EXPORTS = {
     "codec_options": "pipeline.io.exports", "COMPRESSIONS": "pipeline.io.exports",
     "CODECS": "pipeline.io.codecs", "compressors": "pipeline.io.codecs",
     "geo_group_attrs": "pipeline.io.geozarr",
+    "json_line": "pipeline.io.jsontext", "json_safe": "pipeline.io.jsontext",
 }
 
 __all__ = ["CODECS", "COMPRESSIONS", "Location", "OutputLease", "OutputSpec", "Source",
            "SourceInfo", "SourceSpec",
            "TileManifest", "ZarrOutput", "check_disjoint", "check_paths", "codec_options",
            "compressors", "create_zarr_output", "export_geotiff", "geo_group_attrs",
-           "open_source", "probe_source", "resolve", "write_bytes", "write_comparison_png",
-           "write_png", "write_preview_png"]
+           "json_line", "json_safe", "open_source", "probe_source", "resolve", "write_bytes",
+           "write_comparison_png", "write_png", "write_preview_png"]
 
 if TYPE_CHECKING:
     from pipeline.io.atomic import write_bytes
     from pipeline.io.codecs import CODECS, compressors
     from pipeline.io.exports import COMPRESSIONS, codec_options, export_geotiff
     from pipeline.io.geozarr import geo_group_attrs
+    from pipeline.io.jsontext import json_line, json_safe
     from pipeline.io.lease import OutputLease
     from pipeline.io.locations import Location, check_disjoint, check_paths, resolve
     from pipeline.io.manifest import TileManifest

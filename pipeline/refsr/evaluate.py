@@ -15,7 +15,7 @@ from liif.checkpoint import CheckpointError
 from liif.ttsr.data import to_unit_chw
 from pipeline.training.ttsr import RefSample
 
-__all__ = ["evaluate_refsr", "irrelevant_references", "json_safe", "load_ttsr", "markdown_table"]
+__all__ = ["evaluate_refsr", "irrelevant_references", "load_ttsr", "markdown_table"]
 
 
 def _overlap(a: tuple[int, ...] | None, b: tuple[int, ...] | None) -> bool | None:
@@ -72,16 +72,6 @@ def markdown_table(summary: dict[str, dict[str, Any]], title: str | None = None)
     for m, s in summary.items():
         lines.append(f"| {m} | {_fmt(s['psnr'], 2)} | {_fmt(s['ssim'], 4)} | {s['n']} |")
     return "\n".join(lines)
-
-
-def json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 def evaluate_refsr(samples: Sequence[RefSample], *, ttsr: Sequence[tuple[str, torch.nn.Module]],

@@ -11,7 +11,6 @@ few summary fields. LIIF is :mod:`pipeline.upscale`, TTSR :mod:`pipeline.refsr`.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -26,6 +25,7 @@ from pipeline.errors import ConfigError, InputReadError, PipelineError
 from pipeline.geometry.tiling import TilePlan
 from pipeline.io.atomic import check_target, write_bytes
 from pipeline.io.exports import export_geotiff
+from pipeline.io.jsontext import json_line
 from pipeline.io.lease import OutputLease
 from pipeline.io.locations import Location, check_disjoint, resolve
 from pipeline.io.previews import write_comparison_png, write_preview_png
@@ -149,7 +149,7 @@ def run_job(cfg: JobOptions, family: ModelFamily, *,
             summary["lease_taken_over_from"] = lease.describe(lease.taken_over)
         summary_loc = exports[-1][1]
         if summary_loc is not None:
-            write_bytes(summary_loc, (json.dumps(summary) + "\n").encode())
+            write_bytes(summary_loc, (json_line(summary) + "\n").encode())
     return summary
 
 

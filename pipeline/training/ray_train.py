@@ -21,8 +21,6 @@ local backend's; this module only adds the distribution:
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import tempfile
 import time
@@ -47,6 +45,7 @@ from liif.loop import (
 )
 from liif.train import TrainConfig, liif_step, make_training, progress_line
 from pipeline.errors import ConfigError
+from pipeline.io.jsontext import json_line
 from pipeline.training.data import GT_COLUMNS, benchmark_validation
 
 __all__ = ["GT_COLUMNS", "RayTrainOptions", "read_final_metrics", "run_training",
@@ -423,17 +422,6 @@ def read_final_metrics(options: RayTrainOptions) -> list[dict[str, Any]]:
         return read_metrics(path)
 
 
-def _jsonable(x: Any) -> Any:
-    """Helper for summaries: floats that are NaN/inf become None."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    return x
-
-
 def summary_json(summary: dict[str, Any]) -> str:
     """One-line JSON of a :func:`run_training` summary."""
-    return json.dumps(_jsonable(summary), default=str)
+    return json_line(summary)
