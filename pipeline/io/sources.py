@@ -45,7 +45,6 @@ Dtypes: uint8, uint16, int16, float32, and also int32 and float64. Band indices 
 from __future__ import annotations
 
 import abc
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,6 +62,8 @@ from pipeline.errors import (
     UnsupportedInputError,
     WindowError,
 )
+from pipeline.io.identity import ZARR_METADATA as _ZARR_METADATA
+from pipeline.io.identity import content_identity
 from pipeline.io.locations import resolve
 from pipeline.io.values import validate_dtype
 
@@ -73,7 +74,6 @@ LAYOUTS = ("auto", "CHW", "HWC")
 #: the auto layout rule treats a dimension of at most this size as the band axis
 MAX_AUTO_BANDS = 16
 
-_ZARR_METADATA = ("zarr.json", ".zarray", ".zgroup")
 _PIL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _TIFF_EXTENSIONS = (".tif", ".tiff")
 
@@ -359,77 +359,6 @@ def _refuse_array_path(spec: SourceSpec, kind: str) -> None:
             f"array_path={spec.array_path!r} only applies to zarr inputs; {spec.uri!r} is "
             f"read as a {kind}"
         )
-
-
-# ------------------------------------------------------------------------------- identity
-
-_STAT_KEYS = ("size", "ETag", "etag", "VersionId", "version_id", "LastModified", "mtime",
-              "generation", "md5Hash", "crc32c")
-
-
-def _stat(fs: Any | None, path: str) -> dict[str, Any] | None:
-    try:
-        if fs is None:
-            st = os.stat(path)
-            return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        info = fs.info(path)
-    except (OSError, ValueError):
-        return None
-    return {k: str(info[k]) if not isinstance(info[k], int | float) else info[k]
-            for k in _STAT_KEYS if info.get(k) is not None}
-
-
-def _tree_stat(path: str) -> dict[str, int]:
-    """Files, total bytes and latest modification time under a local folder (a Zarr store):
-    rewriting any chunk in place changes at least the time."""
-    files = size = latest = 0
-    for dirpath, _, names in os.walk(path):
-        for name in names:
-            try:
-                st = os.stat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            files, size, latest = files + 1, size + st.st_size, max(latest, st.st_mtime_ns)
-    return {"files": files, "size": size, "mtime_ns": latest}
-
-
-def content_identity(source: Source, *, windows: int = 3, side: int = 32) -> dict[str, Any]:
-    """What identifies an open input's content, to refuse resuming after it changed in place.
-
-    ``storage``: size and modification time of the file (local), or its size, ETag, version
-    and modification time (object stores); for a local Zarr folder, the file count, total size
-    and latest modification time of everything in it; for a remote Zarr prefix, those of its
-    metadata files only (listing millions of chunks would cost more than the job's reads).
-    ``samples``: blake2b digest of ``windows x windows`` windows of ``side`` pixels spread over
-    the image (a rewrite of the pixels there is caught even when the metadata is untouched).
-    """
-    spec = source.spec
-    storage: dict[str, Any] = {}
-    if not spec.uri.startswith("/vsi"):
-        loc = resolve(spec.uri, spec.storage_options)
-        fs, path = (None, loc.path) if loc.is_local else loc.fs()
-        isdir = os.path.isdir(path) if fs is None else fs.isdir(path)
-        if isdir and fs is None:
-            storage["tree"] = _tree_stat(path)
-        elif isdir:
-            roots = [path] + ([f"{path}/{spec.array_path.strip('/')}"] if spec.array_path else [])
-            for root in roots:
-                for meta in _ZARR_METADATA + (".zattrs",):
-                    st = _stat(fs, f"{root}/{meta}")
-                    if st is not None:
-                        storage[f"{root[len(path):] or '.'}/{meta}"] = st
-        else:
-            storage["file"] = _stat(fs, path)
-    _, h, w = source.shape
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{source.shape}|{source.dtype}".encode())
-    for i in range(windows):
-        for j in range(windows):
-            r0 = (h - min(side, h)) * i // max(1, windows - 1)
-            c0 = (w - min(side, w)) * j // max(1, windows - 1)
-            block = source.read((r0, r0 + min(side, h)), (c0, c0 + min(side, w)))
-            digest.update(np.ascontiguousarray(block).tobytes())
-    return {"storage": storage, "samples": digest.hexdigest()}
 
 
 @dataclass(frozen=True)
