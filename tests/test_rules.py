@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARIES = ("liif", "pipeline")
 RUFF_PATHS = ("liif", "pipeline", "jobs", "tests", "bench")
-MYPY_PATHS = ("liif", "pipeline/geometry")
+MYPY_PATHS = ("liif", "pipeline/geometry", "pipeline/io", "pipeline/run")
 GEOMETRY = ROOT / "pipeline" / "geometry"
 GEOMETRY_BANNED = {"torch", "ray", "zarr", "rasterio"}
 DEVICE_WORD = re.compile(r"\bcuda\b")

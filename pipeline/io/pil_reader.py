@@ -31,13 +31,14 @@ class PilSource(Source):
                  alpha: np.ndarray | None = None) -> None:
         super().__init__(spec, data.shape, data.dtype)
         data = data.astype(self.dtype, copy=False)  # native byte order (PIL I;16B is big-endian)
-        self._data = data if self.all_bands else data[list(self.bands)]
+        self._data: np.ndarray | None = data if self.all_bands else data[list(self.bands)]
         self.band_info = [{"colorinterp": interps[b], "description": None} for b in self.bands]
-        self._valid = None if alpha is None or alpha.all() else alpha != 0
+        self._valid: np.ndarray | None = None if alpha is None or alpha.all() else alpha != 0
         if self._valid is not None:
             self.mask_nodata = 0.0 if self.dtype.kind != "f" else float("nan")
 
     def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        assert self._data is not None
         return self._data[:, r0:r1, c0:c1].copy()
 
     def _read_valid(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:

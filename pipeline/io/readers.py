@@ -214,6 +214,8 @@ def open_zarr(spec: SourceSpec, store: str, remote: bool) -> Source:
                 "choose one with array_path"
             )
         node = node[arrays[0]]
+    if not isinstance(node, zarr.Array):
+        raise UnsupportedInputError(f"{spec.uri!r}: {node.path!r} is a zarr group, not an array")
     layout = _zarr_layout(node.shape, spec.layout, spec.uri)
     return _ZarrSource(spec, node, layout)
 

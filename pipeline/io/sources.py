@@ -309,7 +309,7 @@ def open_source(spec: SourceSpec | str | os.PathLike[str]) -> Source:
         ConfigError: ``array_path`` given for an input that is not zarr.
     """
     if not isinstance(spec, SourceSpec):
-        spec = SourceSpec(uri=spec)
+        spec = SourceSpec(uri=spec)  # type: ignore[arg-type]  # __post_init__ takes paths
     uri = spec.uri
     from pipeline.io import readers
 

@@ -298,7 +298,8 @@ def create_zarr_output(
     for name, pshape, pattrs in products:
         if not isinstance(name, str) or not name.startswith(PRODUCTS_GROUP + "/"):
             raise ConfigError(f"product array {name!r} must be under '{PRODUCTS_GROUP}/'")
-        pshape2 = _positive_ints("product shape (H, W)", pshape, 2)
+        ph, pw = _positive_ints("product shape (H, W)", pshape, 2)
+        pshape2 = (ph, pw)
         pmeta, pfill = _image_meta(pattrs, pshape2, zarr_format, fill_value, np_dtype)
         pmeta["overviews"] = 0
         extra.append((f"{name}/{ARRAY_NAME}", pshape2, pmeta, pfill))

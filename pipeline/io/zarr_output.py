@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
 from pipeline.errors import (
@@ -104,7 +105,7 @@ def _loc(uri: str, storage_options: dict[str, Any] | None = None) -> Location:
     return resolve(uri, storage_options)
 
 
-def _store(loc: Location, read_only: bool) -> zarr.abc.store.Store:
+def _store(loc: Location, read_only: bool) -> Store:
     if loc.is_local:
         return LocalStore(loc.path, read_only=read_only)
     return FsspecStore.from_url(loc.url, storage_options=loc.storage_options, read_only=read_only)

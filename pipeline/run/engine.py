@@ -224,11 +224,11 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
               executor_factory: ExecutorFactory) -> dict[str, Any]:
     """Create (or resume) the output, run the pending tiles, export; the common summary."""
     H, W = plan.out_shape
-    finite_nodata = plan.nodata is not None and math.isfinite(plan.nodata)
+    fill = plan.nodata if plan.nodata is not None and math.isfinite(plan.nodata) else 0
     out = create_zarr_output(
         cfg.output, shape=(plan.bands, H, W), dtype=plan.dtype, chunks=(cfg.chunk, cfg.chunk),
         shards=(cfg.shard, cfg.shard) if cfg.shard else None,
-        fill_value=plan.nodata if finite_nodata else 0, attrs=plan.attrs,
+        fill_value=fill, attrs=plan.attrs,
         overwrite=cfg.overwrite, resume=cfg.resume, overviews=plan.overviews, codec=cfg.codec,
         zarr_format=cfg.zarr_format,
         products=[(p.path, p.out_shape, p.attrs) for p in plan.products])
@@ -280,7 +280,7 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
         extras["preview"] = cfg.preview
     if cfg.compare:
         extras["compare"] = {"path": cfg.compare, **write_comparison_png(
-            out, cfg.source, cfg.compare, crop=cfg.compare_crop,
+            out, cfg.source, cfg.compare,  # type: ignore[attr-defined]  # both families' source crop=cfg.compare_crop,
             overwrite=cfg.overwrite or cfg.resume, storage_options=cfg.output.storage_options)}
     if cfg.working_output:  # the Zarr only fed the COG
         fs, path = out.location.fs()

@@ -108,7 +108,7 @@ class RayExecutor:
         remote_cls = ray.remote(worker_cls).options(
             num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=max_restarts,
             max_task_retries=max_task_retries, max_concurrency=self.depth)
-        self.actors = [remote_cls.remote(job) for _ in range(workers)]
+        self.actors: list[Any] = [remote_cls.remote(job) for _ in range(workers)]
         self._ray = ray
 
     def pids(self) -> list[int]:

@@ -152,7 +152,8 @@ class BaseTileWorker:
         self.model = self.load_model()
         self.source = open_source(job.source)
         self.output = ZarrOutput(job.output_uri, job.output_storage_options)
-        self.products = [(self.output.product(path), tuple(shape)) for path, shape in job.products]
+        self.products = [(self.output.product(path), (int(shape[0]), int(shape[1])))
+                         for path, shape in job.products]
         self.groups = band_groups(self.source.shape[0])
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.done = 0
