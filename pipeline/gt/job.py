@@ -44,21 +44,29 @@ def _prepare_output(cfg: GTConfig, overwrite: bool, resume: bool
     previous = None
     if entries:
         if overwrite:
-            # only ever delete what this module writes: never a folder of someone else's files
-            foreign = sorted(n for n in entries if n not in (MANIFEST, LEGACY_MANIFEST, SHARD_DIR)
-                             and not n.startswith("."))
+            # only ever delete what this module writes: never a folder of someone else's files,
+            # nor a file (dot files and symlinks included) that the user put into our folder
+            from pipeline.io.ownership import gt_foreign, list_tree, remove_listed
+
+            tree = list_tree(loc)
+            ours = (MANIFEST, LEGACY_MANIFEST)
+            foreign = gt_foreign(tree, ours, SHARD_DIR)
+            top = gt_foreign([e for e in tree if "/" not in e[0]], ours, SHARD_DIR)
             marked = read_manifest(cfg.output, cfg.storage_options)
-            if not foreign and (marked is None or marked.get("format") != FORMAT):
+            if not top and (marked is None or marked.get("format") != FORMAT):
                 raise OutputExistsError(
                     f"refusing to overwrite {cfg.output!r}: it holds no {FORMAT} {MANIFEST} "
                     f"(or {LEGACY_MANIFEST}, the marker of a ground-truth output of this project); "
                     "remove it yourself or choose another output")
             if foreign:
+                more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
                 raise OutputExistsError(
                     f"output {cfg.output!r} holds files that are not ground truth "
-                    f"({', '.join(foreign[:3])}); overwrite only replaces a previous GT output, "
-                    "remove them yourself or choose another output")
-            fs.rm(root, recursive=True)
+                    f"({', '.join(foreign[:5])}{more}); overwrite only replaces a previous GT "
+                    "output and would delete them: move them out of it, or delete the output "
+                    "yourself, or choose another output")
+            remove_listed(loc, tree)
+            fs.invalidate_cache(root)
             if loc.is_local:
                 os.makedirs(root, exist_ok=True)
         elif resume:

@@ -149,10 +149,12 @@ def check_output_target(spec: OutputSpec, *, overwrite: bool = False, resume: bo
     everything that would make :func:`create_zarr_output` refuse, writing nothing.
 
     ``overwrite`` deletes only an output this project created (the group's ``created_by``
-    marker), never another Zarr group or folder.
+    marker), never another Zarr group or folder, and refuses one that also holds files this
+    project does not write there (:mod:`pipeline.io.ownership`).
 
     Raises:
-        OutputExistsError: it exists without ``overwrite``/``resume``, or is not ours.
+        OutputExistsError: it exists without ``overwrite``/``resume``, or is not ours, or
+            (``overwrite``) holds files that are not ours.
         OutputCorruptError: its metadata cannot be read.
         OutputNotWritableError: a local location that cannot be created.
     """
@@ -178,6 +180,10 @@ def check_output_target(spec: OutputSpec, *, overwrite: bool = False, resume: bo
             f"refusing to overwrite {spec.uri!r}: it is not an output of this project ({marker}); "
             "remove it yourself or choose another output"
         )
+    if overwrite:  # deleting it must not delete what the user put inside
+        from pipeline.io.ownership import list_tree, refuse_foreign, zarr_foreign
+
+        refuse_foreign(spec.uri, zarr_foreign(list_tree(loc)), "an output of this project")
     return "overwrite" if overwrite else "resume"
 
 
@@ -320,8 +326,13 @@ def create_zarr_output(
         return out
     loc = spec.location
     if mode == "overwrite":
+        # only what this project writes, listed afresh; never through a symlink
+        from pipeline.io.ownership import list_tree, refuse_foreign, remove_listed, zarr_foreign
+
         fs, path = loc.fs()
-        fs.rm(path, recursive=True)
+        tree = list_tree(loc)
+        refuse_foreign(spec.uri, zarr_foreign(tree), "an output of this project")
+        remove_listed(loc, tree)
         fs.invalidate_cache(path)
 
     n_bands = shape3[0]
