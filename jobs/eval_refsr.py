@@ -37,6 +37,7 @@ from jobs.labels import parse_labelled
 from jobs.train_ttsr import check_gt_dirs
 from liif.errors import LiifError
 from pipeline.io.jsontext import json_safe
+from pipeline.io.zarr_output import CREATED_BY
 from pipeline.refsr.evaluate import evaluate_refsr, load_ttsr, markdown_table
 from pipeline.training.ttsr import GTReadError, load_ref_samples
 
@@ -83,13 +84,16 @@ def main(argv: list[str] | None = None) -> int:
         if a.threads < 1:
             p.error(f"--threads must be a positive integer, got {a.threads!r}")
         torch.set_num_threads(a.threads)
-    from pipeline.io.locations import check_paths, model_files
+    from pipeline.io.atomic import check_target, exists
+    from pipeline.io.locations import check_paths, model_files, resolve
 
     try:
         ttsr_paths = parse_ttsr_args(a.ttsr)
         check_paths({"--json": a.json}, {"--gt": a.gt, "--ttsr": [path for _, path in ttsr_paths],
                                          "--liif": model_files(a.liif)})
-    except ValueError as e:
+        if a.json and exists(resolve(a.json)):  # now, not after the evaluation: only our own
+            check_target(resolve(a.json), overwrite=True, role="--json")  # report is replaced
+    except (ValueError, LiifError) as e:
         p.error(str(e))
     from liif import load_model
 
@@ -119,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.io.atomic import write_bytes
         from pipeline.io.locations import resolve
 
-        write_bytes(resolve(a.json), json.dumps(json_safe(report), indent=1).encode(),
+        write_bytes(resolve(a.json), json.dumps(
+            json_safe({"created_by": CREATED_BY, **report}), indent=1).encode(),
                     make_parents=True)
     return 0
 

@@ -65,6 +65,12 @@ def _parse_rasters(items: list[str]) -> dict[str, list[str]]:
     return out
 
 
+def _raster_patterns(items: list[str]) -> list[str]:
+    """The patterns of ``NAME=PATTERN[,PATTERN...]`` items as given (globs unexpanded), for the
+    path check: a glob counts as the folder it searches (:func:`pipeline.io.locations.check_paths`)."""
+    return [pat for item in items for pat in item.partition("=")[2].split(",") if pat]
+
+
 def raster_windows(uri: str, *, bands: list[int] | None, window: int, stride: int | None,
                    region: tuple[int, int, int, int] | None,
                    value_range: tuple[float, float] | None,
@@ -171,19 +177,25 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(e))
     sets = a.sets if a.sets is not None else ([] if rasters else DEFAULT_SETS)
     data = Path(a.data)
+    from liif.loop import FolderPathError, check_folder_path
     from pipeline.errors import PipelineError
     from pipeline.io.atomic import check_target, write_bytes
     from pipeline.io.locations import check_paths, model_files, resolve
 
     try:  # the reports are checked now, not after hours of evaluation
+        # a --raster glob counts as the folder it searches (check_paths cuts each pattern back
+        # to it), as in make_gt and train; the files it matched count too (symlinks elsewhere)
         check_paths({"--out": a.out, "--json": a.json},
                     {"--data": [str(data / s) for s in sets],
-                     "--raster": [f for fs in rasters.values() for f in fs],
+                     "--raster": _raster_patterns(a.raster)
+                     + [f for fs in rasters.values() for f in fs],
                      "--model": model_files(*models.values())})
         for flag, target in (("--out", a.out), ("--json", a.json)):
             if target:
+                if resolve(target).is_local:  # a file or a dangling link where a folder is
+                    check_folder_path(target, role=flag, file=True)
                 check_target(resolve(target), overwrite=True, role=flag)
-    except PipelineError as e:
+    except (PipelineError, FolderPathError) as e:
         p.error(str(e))
     missing = [s for s in sets if not (data / s / "HR").is_dir()]
     if missing:
@@ -238,12 +250,16 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"({time.time() - t0:.0f} s, models {models}, precision {a.precision}"
           + (f", raster windows {counts}" if counts else "") + ")", file=sys.stderr)
-    if a.out:
-        write_bytes(resolve(a.out), (table + "\n").encode())
+    from pipeline.io.zarr_output import CREATED_BY
+
+    if a.out:  # the first line marks the report as ours (only our own files are replaced)
+        write_bytes(resolve(a.out), (f"<!-- created_by: {CREATED_BY} (jobs.evaluate) -->\n"
+                                     + table + "\n").encode())
     if a.json:
         write_bytes(resolve(a.json), json.dumps(
-            {"model": a.model[0] if len(a.model) == 1 else models, "models": models,
-             "precision": a.precision, "windows": counts, "results": results}, indent=1).encode())
+            {"created_by": CREATED_BY, "model": a.model[0] if len(a.model) == 1 else models,
+             "models": models, "precision": a.precision, "windows": counts,
+             "results": results}, indent=1).encode())
     return 0
 
 

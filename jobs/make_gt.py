@@ -24,6 +24,7 @@ import yaml
 from pipeline.errors import PipelineError
 from pipeline.gt import GTConfig, check_gt_paths, make_gt, shard_paths
 from pipeline.io.jsontext import json_line
+from pipeline.io.locations import resolve
 
 
 def _storage_options(items: list[str], parser: argparse.ArgumentParser) -> dict[str, Any] | None:
@@ -152,6 +153,15 @@ def main(argv: list[str] | None = None) -> int:
         check_gt_paths(cfg)  # before Ray starts
     except PipelineError as e:
         p.error(str(e))
+    if resolve(cfg.output, cfg.storage_options).is_local:
+        # the output folder is created later: refuse now a file or a dangling link in its way
+        # (the link would be followed, making the folder wherever it points)
+        from liif.loop import FolderPathError, check_folder_path
+
+        try:
+            check_folder_path(cfg.output, role="--output")
+        except FolderPathError as e:
+            p.error(str(e))
     if a.workers > 0:
         import ray
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from liif.errors import LiifError
+from liif.loop import FolderPathError, check_folder_path, make_run_folder
 from liif.train import TrainConfig, check_init
 from pipeline.errors import ConfigError
 from pipeline.io.locations import check_paths, model_files
@@ -36,6 +37,7 @@ from pipeline.training.config import load_train_config
 from pipeline.training.ray_train import RayTrainOptions, run_training, summary_json
 
 SMOKE_CONFIG = Path(__file__).resolve().parent / "configs" / "smoke.yaml"
+RUN_DIR_ROLE = "--storage-path/--run-name"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +85,7 @@ def _train_local(cfg: TrainConfig, a: argparse.Namespace, run_dir: str,
     sampler = GTShardSampler(gt, sample_q=cfg.sample_q) if gt else None
     if sampler is None and not cfg.data:
         raise ConfigError("no training data: give --gt, --data or data in the config")
+    make_run_folder(run_dir, role=RUN_DIR_ROLE)
     validate = benchmark_validation(a.val_data, a.val_set, a.val_images)
     return {"run": a.run_name, "backend": "local",
             **train(cfg, sampler=sampler, validate=validate,
@@ -141,13 +144,18 @@ def main(argv: list[str] | None = None) -> int:
             s3_endpoint=a.s3_endpoint, max_failures=a.max_failures, num_to_keep=a.keep,
             val_root=a.val_data, val_set=a.val_set, val_images=a.val_images)
         run_dir = options.storage_path.rstrip("/") + "/" + options.run_name
-        check_paths({"--storage-path/--run-name": run_dir},
+        check_paths({RUN_DIR_ROLE: run_dir},
                     {"--config": a.config, "--gt": a.gt, "--data": a.data,
                      "--val-data": a.val_data, "--init": model_files(cfg.init)})
     except (TypeError, ValueError, FileNotFoundError) as e:
         p.error(str(e))
     if a.backend == "local" and "://" in a.storage_path:
         p.error(f"--backend local writes a local folder; --storage-path {a.storage_path!r} is a URL")
+    if "://" not in a.storage_path:  # before Ray starts: a file or a dangling link in the way
+        try:
+            check_folder_path(run_dir, role=RUN_DIR_ROLE)
+        except FolderPathError as e:
+            p.error(str(e))
     if a.backend == "ray":
         from pipeline.run.ray_executor import ensure_ray
 

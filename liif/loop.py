@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,9 +38,11 @@ import torch
 from torch import nn
 
 from liif.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+from liif.errors import LiifError
 
-__all__ = ["FINAL_FILE", "METRICS_FILE", "MODEL_FILE", "STATE_FILE", "ResumeError", "Training",
-           "load_run", "read_metrics", "run_loop", "save_run", "write_metrics"]
+__all__ = ["FINAL_FILE", "METRICS_FILE", "MODEL_FILE", "STATE_FILE", "FolderPathError", "ResumeError",
+           "Training", "check_folder_path", "load_run", "make_run_folder", "read_metrics",
+           "run_loop", "save_run", "write_metrics"]
 
 MODEL_FILE, STATE_FILE, METRICS_FILE, FINAL_FILE = (
     "model.safetensors", "trainer.pt", "metrics.csv", "final.safetensors")
@@ -48,6 +51,65 @@ _LEGACY = (("last.safetensors", "last-trainer.pt"), ("last.safetensors", "state.
 
 class ResumeError(CheckpointError):
     """A run folder that cannot be resumed (other architecture, torn save, unknown layout)."""
+
+
+class FolderPathError(LiifError, OSError):
+    """A folder a job must create or write into cannot be one: a file, or a symbolic link to
+    nothing, is in the way (or the OS refused to create it). Names the path."""
+
+
+def check_folder_path(path: str | os.PathLike[str], *, role: str = "run folder",
+                      file: bool = False) -> None:
+    """Refuse the local folder ``path`` now if it cannot be used or created as one: it, or one
+    of its ancestors, is a file or a dangling symbolic link (creating it would fail, or, through
+    the link, put it somewhere else). Missing folders are fine; existing ones (also through links
+    that resolve to a folder) too. With ``file``, ``path`` is a file to be written: its folders
+    are checked, and it must not be a dangling link (writing would create the link's target).
+    ``role`` names it in the message (a flag, e.g. ``--out``).
+
+    Raises:
+        FolderPathError: naming the offending path, what is wrong and what to do.
+    """
+    given = os.fspath(path)
+    full = os.path.abspath(os.path.expanduser(given))
+    if file and os.path.islink(full) and not os.path.exists(full):
+        raise FolderPathError(
+            f"{role} {given!r} is a symbolic link to {os.readlink(full)!r}, which does not "
+            f"exist (writing it would create that file); remove the link or choose another {role}")
+    chain = [os.path.dirname(full) if file else full]
+    while os.path.dirname(chain[-1]) != chain[-1]:
+        chain.append(os.path.dirname(chain[-1]))
+    for p in reversed(chain):  # from the root down to the folder itself
+        if os.path.isdir(p):
+            continue
+        where = f"{role} {given!r} " if p == full else f"{role} {given!r}: {p!r} "
+        if os.path.islink(p):
+            target = os.readlink(p)
+            if not os.path.exists(p):
+                raise FolderPathError(
+                    f"{where}is a symbolic link to {target!r}, which does not exist; create "
+                    f"that folder, remove the link, or choose another {role}")
+            raise FolderPathError(f"{where}is a symbolic link to {target!r}, which is not a "
+                                  f"folder; remove the link or choose another {role}")
+        if os.path.lexists(p):
+            raise FolderPathError(f"{where}is a file, not a folder; move it away or choose "
+                                  f"another {role}")
+        return  # missing: this folder and the ones below it are created
+
+
+def make_run_folder(folder: str | os.PathLike[str], *, role: str = "run folder") -> None:
+    """Create the local folder ``folder`` (and its parents) unless it exists, after
+    :func:`check_folder_path`.
+
+    Raises:
+        FolderPathError: a file or a dangling symbolic link is in the way, or the OS refused.
+    """
+    check_folder_path(folder, role=role)
+    try:
+        os.makedirs(os.path.expanduser(os.fspath(folder)), exist_ok=True)
+    except OSError as e:
+        raise FolderPathError(f"cannot create {role} {os.fspath(folder)!r}: "
+                              f"{e.strerror or e}") from e
 
 
 StepFn = Callable[[nn.Module, Any], float]
@@ -178,8 +240,12 @@ def _number(v: str) -> Any:
 def save_run(folder: Path, t: Training, *, training: dict[str, Any],
              rng: np.random.Generator | None = None) -> Path:
     """Write ``t`` into ``folder`` (the layout above; each file atomically); returns the weights.
-    ``training`` goes into the weights' metadata, with ``step`` added."""
-    folder.mkdir(parents=True, exist_ok=True)
+    ``training`` goes into the weights' metadata, with ``step`` added.
+
+    Raises:
+        FolderPathError: ``folder`` cannot be created (a file or a dangling link in the way).
+    """
+    make_run_folder(folder)
     assert t.module is not None
     wpath = save_checkpoint(t.module, folder / MODEL_FILE, training={**training, "step": t.step})
     state = {"format": 2, "step": t.step, "seconds": t.seconds,

@@ -25,6 +25,7 @@ from liif.loop import (
     MODEL_FILE,
     Training,
     load_run,
+    make_run_folder,
     run_loop,
     save_run,
     write_metrics,
@@ -201,7 +202,7 @@ def train(cfg: TrainConfig, *, sampler: ImageFolderSampler | None = None,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_run_folder(out_dir, role="out_dir")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     t = make_training(cfg)

@@ -212,10 +212,16 @@ def test_geotiff_existing_file_needs_overwrite(tmp_path, geo_output):
     with pytest.raises(OutputExistsError, match="out.tif' already exists"):
         export_geotiff(out, str(path), blocksize=128)
     assert path.read_bytes() == b"old"
-    export_geotiff(out, str(path), blocksize=128, overwrite=True, overviews=False)
+    with pytest.raises(OutputExistsError, match="not written by liif-pipeline"):
+        export_geotiff(out, str(path), blocksize=128, overwrite=True)  # not ours: never replaced
+    assert path.read_bytes() == b"old"
+    path.unlink()
+    export_geotiff(out, str(path), blocksize=128)
+    export_geotiff(out, str(path), blocksize=128, overwrite=True, overviews=False)  # ours
     with rasterio.open(path) as src:
         np.testing.assert_array_equal(src.read(), ref)
         assert src.overviews(1) == []
+        assert src.tags()["created_by"].startswith("liif-pipeline")
 
 
 def test_geotiff_float_without_georeferencing_to_fsspec_url(tmp_path, rng):
@@ -519,9 +525,16 @@ def test_write_png_refusals(tmp_path):
     with pytest.raises(OutputExistsError, match="already exists"):
         write_png(np.zeros((1, 4, 4), np.uint8), str(path))
     assert path.read_bytes() == b"old"
-    write_png(np.zeros((1, 4, 4), np.uint8), str(path), overwrite=True)
+    with pytest.raises(OutputExistsError, match="not written by liif-pipeline"):
+        write_png(np.zeros((1, 4, 4), np.uint8), str(path), overwrite=True)
+    assert path.read_bytes() == b"old"
+    path.unlink()
+    write_png(np.zeros((1, 4, 4), np.uint8), str(path))
+    write_png(np.full((1, 4, 4), 7, np.uint8), str(path), overwrite=True)  # ours: replaced
     with Image.open(path) as im:
         assert im.mode == "L" and im.size == (4, 4)
+        assert im.info["created_by"].startswith("liif-pipeline")
+        assert np.asarray(im).max() == 7
 
 
 def test_preview_of_uint8_is_the_strided_array(tmp_path, rng):

@@ -168,8 +168,19 @@ def test_existing_summary_obeys_overwrite_and_is_written_whole(
     rc = upscale_cli(liif_job(d, str(d / "in.zarr"), str(d / "o.zarr"), "--summary", "s.json"))
     assert rc == 2 and "--overwrite" in capsys.readouterr().err
     assert (d / "s.json").read_text() == "keep" and not (d / "o.zarr").exists()
+    for flag in ("--overwrite", "--resume"):  # a file we did not write is never replaced
+        rc = upscale_cli(liif_job(d, str(d / "in.zarr"), str(d / "o.zarr"), "--summary",
+                                  "s.json", flag))
+        err = capsys.readouterr().err
+        assert rc == 2 and "not written by liif-pipeline" in err, err
+        assert (d / "s.json").read_text() == "keep" and not (d / "o.zarr").exists()
+    (d / "s.json").unlink()
+    assert upscale_cli(liif_job(d, str(d / "in.zarr"), str(d / "o.zarr"), "--summary",
+                                "s.json")) == 0
+    first = json.loads((d / "s.json").read_text())
+    assert first["created_by"].startswith("liif-pipeline")
     rc = upscale_cli(liif_job(d, str(d / "in.zarr"), str(d / "o.zarr"), "--summary", "s.json",
-                          "--overwrite"))
+                              "--overwrite"))  # our own summary is replaced
     assert rc == 0
     summary = json.loads((d / "s.json").read_text())
     assert summary["tiles"] >= 1 and summary["out_shape"] == [40, 48]

@@ -3,18 +3,44 @@
 A file a job writes appears whole or not at all: locally it is written to a hidden temporary
 name in the same folder and renamed into place (``os.replace``); on object stores one PUT is
 atomic. :func:`check_target` runs before any work, so a refused target costs nothing.
+
+Only our own files are ever replaced: every single file the project writes carries a
+``created_by: liif-pipeline`` mark near its start (the summary's first JSON key, a PNG ``tEXt``
+chunk, the GeoTIFF's GDAL metadata, a report's first line), and an existing target without it
+is refused even with ``--overwrite`` (:func:`written_by_us`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import uuid
 
 from pipeline.errors import OutputExistsError, OutputNotWritableError
 from pipeline.io.locations import Location
 
-__all__ = ["check_target", "deliver", "exists", "local_tmp", "write_bytes"]
+__all__ = ["OWNER_MARK", "check_target", "deliver", "exists", "local_tmp", "write_bytes",
+           "written_by_us"]
+
+#: what marks a file as written by this project, within its first ``_HEAD`` bytes
+OWNER_MARK = re.compile(rb"created_by\W{0,12}liif-pipeline")
+_HEAD = 1 << 16
+
+
+def written_by_us(loc: Location) -> bool:
+    """Whether the existing file ``loc`` carries our ``created_by`` mark in its first 64 KiB."""
+    try:
+        if loc.is_local:
+            with open(loc.path, "rb") as fh:
+                head = fh.read(_HEAD)
+        else:
+            fs, path = loc.fs()
+            with fs.open(path, "rb") as fh:
+                head = fh.read(_HEAD)
+    except OSError:
+        return False
+    return OWNER_MARK.search(head) is not None
 
 
 def exists(loc: Location) -> bool:
@@ -61,6 +87,8 @@ def check_target(loc: Location, *, overwrite: bool, role: str = "output") -> Non
         if os.path.lexists(loc.path) and not overwrite:
             raise OutputExistsError(
                 f"{role} {loc.uri!r} already exists; pass --overwrite to replace it")
+        if os.path.lexists(loc.path):
+            _refuse_foreign(loc, role)
         _local_parent_ok(loc, role)
         return
     fs, path = loc.fs()
@@ -71,6 +99,15 @@ def check_target(loc: Location, *, overwrite: bool, role: str = "output") -> Non
         if not overwrite:
             raise OutputExistsError(
                 f"{role} {loc.uri!r} already exists; pass --overwrite to replace it")
+        _refuse_foreign(loc, role)
+
+
+def _refuse_foreign(loc: Location, role: str) -> None:
+    if not written_by_us(loc):
+        raise OutputExistsError(
+            f"{role} {loc.uri!r} already exists and was not written by liif-pipeline (no "
+            "created_by mark), so it is never replaced, with or without --overwrite; move it "
+            "away or choose another path")
 
 
 def local_tmp(loc: Location, suffix: str) -> str:

@@ -22,6 +22,13 @@ What counts as the same place
 Two locations *overlap* when they are the same place or one lies inside the other (a file in a
 Zarr folder, an output folder holding the input). Writing an output that overlaps an input
 would destroy it, so :func:`check_disjoint` refuses it, before any work, naming both flags.
+
+What a read covers (:func:`read_extent`) is more than the text given: a Zarr metadata file
+(``x.zarr/zarr.json``, ``.zarray``, ``.zgroup``, ``.zattrs``, ``.zmetadata``) stands for its
+whole folder (the reader opens the folder and its chunks), and a file stands with the sidecars
+GDAL reads beside it, existing or not (``a.tif.aux.xml``, ``a.tif.ovr``, ``a.tif.msk``,
+``a.aux``, world files ``a.tfw``/``a.tifw``/``a.wld``, ``a.prj``, RPC/IMD metadata): writing one
+would change how the input reads.
 """
 
 from __future__ import annotations
@@ -39,8 +46,13 @@ __all__ = [
     "check_disjoint",
     "check_paths",
     "model_files",
+    "read_extent",
     "resolve",
 ]
+
+ZARR_METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
+_SIDECAR_SUFFIXES = (".aux.xml", ".ovr", ".msk")  # appended to the whole file name
+_SIDECAR_STEM_EXTS = (".aux", ".wld", ".prj", ".rpb", ".imd", "_rpc.txt", ".rpc")
 
 _FAMILIES = {
     "file": "file", "local": "file",
@@ -109,6 +121,14 @@ class Location:
             head = text.rstrip("/").rsplit("/", 1)
             return name if len(head) == 1 else head[0] + "/" + name
         return Location(swap(self.uri), swap(self.url), self.protocol, swap(self.path),
+                        dict(self.storage_options), self.endpoint)
+
+    def parent(self) -> Location:
+        """The folder holding this location."""
+        def up(text: str) -> str:
+            head = text.rstrip("/").rsplit("/", 1)
+            return "." if len(head) == 1 else (head[0] or "/")
+        return Location(up(self.uri), up(self.url), self.protocol, up(self.path),
                         dict(self.storage_options), self.endpoint)
 
     @property
@@ -249,6 +269,25 @@ def resolve(uri: str | os.PathLike[str], storage_options: dict[str, Any] | None 
 Role = tuple[str, Location | None]
 
 
+def read_extent(loc: Location) -> list[tuple[Location, str]]:
+    """Every location a read of ``loc`` depends on, each with a note for messages: the folder
+    for a Zarr metadata file, else ``loc`` itself plus, for a file name with an extension, the
+    sidecars GDAL reads beside it (existing or not)."""
+    name = loc.name
+    if name in ZARR_METADATA_NAMES and "/" in loc.path.strip("/"):
+        return [(loc.parent(), f"the Zarr store that {name} describes")]
+    stem, ext = posixpath.splitext(name)
+    out = [(loc, "")]
+    if not ext or not stem or stem.startswith("."):
+        return out
+    names = [name + suffix for suffix in _SIDECAR_SUFFIXES]
+    names += [stem + e for e in _SIDECAR_STEM_EXTS]
+    # world files: .tfw / .tifw for .tif, .jgw / .jpgw for .jpg, ... (first + last letter + w)
+    names += [stem + ext[:2] + ext[-1] + "w", stem + ext + "w"]
+    out += [(loc.sibling(n), f"a sidecar GDAL reads with {name}") for n in dict.fromkeys(names)]
+    return out
+
+
 def check_disjoint(writes: Sequence[Role], reads: Iterable[Role]) -> None:
     """Refuse any written location that overlaps a read one, or another written one.
 
@@ -262,15 +301,17 @@ def check_disjoint(writes: Sequence[Role], reads: Iterable[Role]) -> None:
     ins = [(r, loc) for r, loc in reads if loc is not None]
     for role, out in outs:
         for in_role, src in ins:
-            if out.overlaps(src):
-                raise PathConflictError(_conflict(role, out, in_role, src, "read"))
+            for part, note in read_extent(src):
+                if out.overlaps(part):
+                    raise PathConflictError(_conflict(role, out, in_role, part, "read", note))
     for i, (role, out) in enumerate(outs):
         for other_role, other in outs[i + 1:]:
             if out.overlaps(other):
                 raise PathConflictError(_conflict(other_role, other, role, out, "written"))
 
 
-def _conflict(role: str, out: Location, other_role: str, other: Location, verb: str) -> str:
+def _conflict(role: str, out: Location, other_role: str, other: Location, verb: str,
+              note: str = "") -> str:
     how = "is the same location as" if out.path == other.path else (
         "lies inside" if _path_nested(out.path, other.path) else
         "contains" if _path_nested(other.path, out.path) else "is the same file as")
@@ -278,7 +319,8 @@ def _conflict(role: str, out: Location, other_role: str, other: Location, verb: 
         f" ({out.display!r} and {other.display!r})")
     harm = ("writing it could destroy or change what the job reads" if verb == "read"
             else "two outputs of the job would overwrite each other")
-    return (f"{role} {out.uri!r} {how} {other_role} {other.uri!r}{where}: {harm}; "
+    what = f"{other_role} {other.uri!r}" + (f" ({note})" if note else "")
+    return (f"{role} {out.uri!r} {how} {what}{where}: {harm}; "
             f"choose another {role}")
 
 

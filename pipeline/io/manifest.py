@@ -13,7 +13,13 @@ sees a half-written record; object stores (S3, GCS, ...) make a single PUT visib
 
 ``_manifest`` sits inside the output's Zarr group; :mod:`pipeline.io.zarr_output` makes it an empty Zarr
 subgroup (``_manifest/zarr.json``) so that listing the output group stays warning-free. Records
-are not Zarr nodes; ``zarr.json`` there is never treated as a record.
+are not Zarr nodes; ``zarr.json`` there is never treated as a record, nor is a file whose name is
+not a valid tile key.
+
+A record that exists but cannot be read back (empty after a full disk, truncated by a copy, not
+a JSON object, or lacking ``key``/``finished_at``) proves nothing: :meth:`TileManifest.record`
+raises :class:`~pipeline.errors.OutputCorruptError` naming the file, and a resume treats the
+tile as not finished.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from pipeline.errors import OutputCorruptError
 from pipeline.io.atomic import write_bytes
 from pipeline.io.locations import resolve
 
@@ -35,6 +42,7 @@ __all__ = ["MANIFEST_DIR", "TileManifest"]
 MANIFEST_DIR = "_manifest"
 _KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
 _RESERVED = frozenset({"zarr"})  # would collide with the subgroup's zarr.json
+_REQUIRED = ("key", "finished_at")  # what mark_done writes into every record
 
 
 def _check_key(key: str) -> str:
@@ -44,6 +52,18 @@ def _check_key(key: str) -> str:
             f"with '.' or '-', and not {sorted(_RESERVED)}"
         )
     return key
+
+
+def _record_problem(key: str, rec: Any) -> str:
+    """Why ``rec`` (parsed JSON) is not a record of tile ``key``; empty when it is one."""
+    if not isinstance(rec, dict):
+        return f"is not a JSON object but {type(rec).__name__} {str(rec)[:40]!r}"
+    missing = [k for k in _REQUIRED if k not in rec]
+    if missing:
+        return f"lacks {' and '.join(repr(k) for k in missing)}"
+    if rec["key"] != key:
+        return f"names tile {rec['key']!r}, not {key!r}"
+    return ""
 
 
 class TileManifest:
@@ -116,12 +136,29 @@ class TileManifest:
         return bool(fs.exists(path))
 
     def record(self, key: str) -> dict[str, Any] | None:
-        """The stored record of tile ``key``, or None when it has none."""
+        """The stored record of tile ``key``, or None when it has none.
+
+        Raises:
+            OutputCorruptError: the record exists but is not one :meth:`mark_done` wrote (empty,
+                not UTF-8 JSON, not an object, without ``key``/``finished_at`` or naming another
+                tile): it proves nothing about the tile. The message names the file.
+        """
         fs, _ = self._fs_dir
+        path = self._path(key)
         try:
-            return json.loads(fs.cat_file(self._path(key)))
+            raw = fs.cat_file(path)
         except FileNotFoundError:
             return None
+        try:
+            rec = json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+            why = "is empty" if not raw.strip() else f"is not valid JSON ({exc})"
+        else:
+            why = _record_problem(key, rec)
+        if why:
+            where = path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+            raise OutputCorruptError(f"manifest record {where!r} {why}")
+        return rec
 
     def done_keys(self) -> set[str]:
         """Keys of all finished tiles, from one directory listing (empty if none yet)."""
@@ -136,7 +173,7 @@ class TileManifest:
             base = name.rstrip("/").rsplit("/", 1)[-1]
             if base.endswith(".json") and not base.startswith("."):
                 key = base[: -len(".json")]
-                if key not in _RESERVED:
+                if _KEY_RE.fullmatch(key) and key not in _RESERVED:  # else not a record
                     keys.add(key)
         return keys
 

@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import math
+import struct
 import warnings
+import zlib
 from typing import Any
 
 import numpy as np
@@ -14,9 +16,9 @@ from pipeline.errors import ConfigError, UnsupportedDtypeError
 from pipeline.io.atomic import check_target, write_bytes
 from pipeline.io.exports import MAX_PNG_PIXELS
 from pipeline.io.locations import resolve
-from pipeline.io.zarr_output import ZarrOutput
+from pipeline.io.zarr_output import CREATED_BY, ZarrOutput
 
-__all__ = ["write_comparison_png", "write_png", "write_preview_png"]
+__all__ = ["png_with_text", "write_comparison_png", "write_png", "write_preview_png"]
 
 
 def write_png(
@@ -55,8 +57,19 @@ def write_png(
             with mem.open(driver="PNG", width=w, height=h, count=c, dtype=array.dtype.name) as dst:
                 dst.write(array)
             payload = mem.read()
-    write_bytes(target, payload)
+    write_bytes(target, png_with_text(payload, "created_by", CREATED_BY))
     return path
+
+
+def png_with_text(png: bytes, key: str, value: str) -> bytes:
+    """``png`` with a ``tEXt`` chunk ``key=value`` right after its IHDR chunk (Latin-1 text)."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
+        raise ValueError("not a PNG stream (no IHDR after the signature)")
+    data = key.encode("latin-1") + b"\x00" + value.encode("latin-1")
+    chunk = struct.pack(">I", len(data)) + b"tEXt" + data
+    chunk += struct.pack(">I", zlib.crc32(b"tEXt" + data) & 0xFFFFFFFF)
+    end_ihdr = 8 + 12 + struct.unpack(">I", png[8:12])[0]
+    return png[:end_ihdr] + chunk + png[end_ihdr:]
 
 
 def _stretch_to_uint8(img: np.ndarray, nodata: Any) -> np.ndarray:

@@ -216,6 +216,12 @@ def open_zarr(spec: SourceSpec, store: str, remote: bool) -> Source:
         node = node[arrays[0]]
     if not isinstance(node, zarr.Array):
         raise UnsupportedInputError(f"{spec.uri!r}: {node.path!r} is a zarr group, not an array")
+    if str(node.attrs.get("created_by", "")).startswith("liif-pipeline") and (
+            node.attrs.get("complete") is False):
+        raise UnsupportedInputError(
+            f"{spec.uri!r} is an unfinished output of liif-pipeline (a job is writing it, or "
+            "stopped before its last tile): its missing tiles would read as the fill value; "
+            "finish it first (rerun its job with --resume)")
     layout = _zarr_layout(node.shape, spec.layout, spec.uri)
     return _ZarrSource(spec, node, layout)
 

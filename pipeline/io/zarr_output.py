@@ -56,6 +56,7 @@ from pipeline.io.pyramid import block_means
 
 __all__ = [
     "ARRAY_NAME",
+    "COMPLETE",
     "CREATED_BY",
     "OVERVIEWS_GROUP",
     "PRODUCTS_GROUP",
@@ -68,6 +69,8 @@ ARRAY_NAME = "image"
 OVERVIEWS_GROUP = "overviews"
 PRODUCTS_GROUP = "scales"  # further products of a job at other sizes: scales/<label>/image
 CREATED_BY = "liif-pipeline 0.1.0"
+#: attribute of each written array: False while a job writes it, True once every tile is done
+COMPLETE = "complete"
 _DTYPE_KINDS = "uif"
 
 
@@ -252,8 +255,7 @@ class ZarrOutput:
         arr = self._array(writable=True)
         keep = {k: v for k, v in dict(arr.attrs).items() if k not in changes}
         keep.update({k: _jsonable(v, f"attrs.{k}") for k, v in changes.items() if v is not None})
-        arr.attrs.clear()
-        arr.attrs.update(keep)
+        arr.attrs.put(keep)  # one metadata write: a kill never leaves the attributes half-done
         self._arrays.clear()
 
     @property

@@ -30,7 +30,7 @@ from pipeline.io.lease import OutputLease
 from pipeline.io.locations import Location, check_disjoint, resolve
 from pipeline.io.previews import write_comparison_png, write_preview_png
 from pipeline.io.zarr_create import check_output_target, create_zarr_output
-from pipeline.io.zarr_output import ZarrOutput
+from pipeline.io.zarr_output import COMPLETE, CREATED_BY, ZarrOutput
 from pipeline.run.executors import Executor, make_executor
 from pipeline.run.options import JobOptions
 from pipeline.run.progress import Progress
@@ -143,7 +143,8 @@ def run_job(cfg: JobOptions, family: ModelFamily, *,
         ensure_ray(cfg.ray_address)
     with OutputLease(cfg.output.location) as lease:
         plan = family.prepare(cfg)
-        summary = _run_plan(cfg, family, plan, lease, executor_factory or make_executor)
+        summary = {"created_by": CREATED_BY,
+                   **_run_plan(cfg, family, plan, lease, executor_factory or make_executor)}
         summary.update(family.describe(cfg, plan))
         if lease.taken_over:
             summary["lease_taken_over_from"] = lease.describe(lease.taken_over)
@@ -170,9 +171,9 @@ def _identity_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[s
 def _trusted_records(cfg: JobOptions, out: ZarrOutput, plan: JobPlan
                      ) -> tuple[dict[str, dict[str, Any]], bool]:
     """The finished tiles' records of a resumed output, and whether their input windows must be
-    verified too. Refuses an input that changed since the output was started, unless the last
-    run stopped on an unreadable input (repaired since): then every kept tile's inputs are
-    checked."""
+    verified too (always: the workers redo a tile whose input window no longer reads the same).
+    Refuses an input whose identity changed since the output was started, unless the last run
+    stopped on an unreadable input (repaired since)."""
     identity = plan.attrs["input_identity"]
     changed = _identity_changes(out.attrs.get("input_identity"), identity)
     stopped = out.attrs.get(UNREADABLE_MARK)
@@ -187,10 +188,16 @@ def _trusted_records(cfg: JobOptions, out: ZarrOutput, plan: JobPlan
         out.update_attrs({"input_identity": identity})
     records = {}
     for key in out.manifest.done_keys():
-        rec = out.manifest.record(key)
+        try:
+            rec = out.manifest.record(key)
+        except PipelineError as e:  # an unreadable record (OutputCorruptError): not finished
+            warnings.warn(f"{e}; tile {key} is redone", UserWarning, stacklevel=3)
+            rec = {"key": key}  # no digests: the worker's check fails, clears and redoes it
         if rec is not None:
             records[key] = rec
-    return records, bool(changed)
+    # every kept tile's input windows are checked against their digests, not only after an
+    # unreadable input: an in-place edit can keep the size, the time and the sampled windows
+    return records, True
 
 
 def plan_line(cfg: JobOptions, plan: JobPlan, *, verified: int = 0) -> str:
@@ -228,11 +235,14 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
     out = create_zarr_output(
         cfg.output, shape=(plan.bands, H, W), dtype=plan.dtype, chunks=(cfg.chunk, cfg.chunk),
         shards=(cfg.shard, cfg.shard) if cfg.shard else None,
-        fill_value=fill, attrs=plan.attrs,
+        fill_value=fill, attrs={**plan.attrs, COMPLETE: False},
         overwrite=cfg.overwrite, resume=cfg.resume, overviews=plan.overviews, codec=cfg.codec,
         zarr_format=cfg.zarr_format,
         products=[(p.path, p.out_shape, p.attrs) for p in plan.products])
     records, verify_inputs = _trusted_records(cfg, out, plan) if cfg.resume else ({}, False)
+    arrays = [out] + [out.product(p.array) for p in plan.products]
+    for arr in arrays:  # readers refuse it as an input until the last tile is in
+        arr.update_attrs({COMPLETE: False})
     tiles = plan.tiles.tiles()
     work = [(t, records.get(t.key)) for t in tiles]
     job = replace(family.make_job(cfg, plan, out), depth=cfg.depth,
@@ -267,6 +277,8 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
     executor.close()
     if out.attrs.get(UNREADABLE_MARK):
         out.update_attrs({UNREADABLE_MARK: None})
+    for arr in arrays:
+        arr.update_attrs({COMPLETE: True})
     extras: dict[str, Any] = {}
     if cfg.cog:
         extras["cog"] = export_geotiff(
@@ -280,7 +292,8 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
         extras["preview"] = cfg.preview
     if cfg.compare:
         extras["compare"] = {"path": cfg.compare, **write_comparison_png(
-            out, cfg.source, cfg.compare,  # type: ignore[attr-defined]  # both families' source crop=cfg.compare_crop,
+            out, cfg.source,  # type: ignore[attr-defined]  # every family's options have it
+            cfg.compare, crop=cfg.compare_crop,
             overwrite=cfg.overwrite or cfg.resume, storage_options=cfg.output.storage_options)}
     if cfg.working_output:  # the Zarr only fed the COG
         fs, path = out.location.fs()
@@ -288,6 +301,10 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
         extras["working_output_removed"] = out.uri
     fresh = [r for r in done if not r.get("verified")]
     verified = len(done) - len(fresh)
+    changed_inputs = sum(1 for r in fresh if r.get("redone_why") == "input")
+    if changed_inputs:
+        warnings.warn(f"{changed_inputs} finished tile(s) were redone: the input pixels they read "
+                      "changed since they were written", UserWarning, stacklevel=3)
     if plan.products:
         extras["products"] = [
             {"array": p.array, "out_shape": list(p.out_shape), "scale": p.attrs.get("scale"),
@@ -300,6 +317,7 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
         "bands": plan.bands, "dtype": str(plan.dtype),
         "tiles": len(tiles), "tiles_run": len(fresh), "tiles_skipped": verified,
         "tiles_verified": verified, "tiles_redone": sum(1 for r in fresh if r.get("redone")),
+        "tiles_redone_input_changed": changed_inputs,
         "nodata_pixels": sum(int(r.get("nodata_pixels", 0)) for r in fresh),
         "nudged_values": sum(int(r.get("nudged", 0)) for r in fresh),
         # seconds summed over the tiles of this run (stages overlap, so they exceed the wall time)

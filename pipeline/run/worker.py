@@ -277,7 +277,10 @@ class BaseTileWorker:
                 raise
             return output.write(rows, cols, data)
 
-    def _verified(self, tile: Tile, trusted: dict[str, Any]) -> bool:
+    def _verified(self, tile: Tile, trusted: dict[str, Any]) -> str | None:
+        """None when the finished tile's chunks (and, with ``verify_inputs``, the input windows
+        it read) still match its record; else why not (``chunks`` or ``input``), after
+        forgetting the record and clearing its chunks."""
         targets = self._targets(tile)
         recorded = [trusted.get("digests")] + [
             ((trusted.get("products") or {}).get(out.array) or {}).get("digests")
@@ -288,14 +291,15 @@ class BaseTileWorker:
                     if isinstance(digests, dict) and digests else ["<no digests recorded>"])
             if bad:
                 break
+        why = "chunks" if bad else None
         if not bad and self.job.verify_inputs:
-            # the input changed since this tile was made: keep it only if what it read did not
-            bad = [] if self.input_digests(tile) == trusted.get("inputs") else ["<input>"]
-        if bad:
+            # keep the tile only if what it read (its window with the halo) still reads the same
+            why = None if self.input_digests(tile) == trusted.get("inputs") else "input"
+        if why:
             self.output.manifest.forget(tile.key)
             for out, w, _ in targets:
                 out.clear((w.row0, w.row1), (w.col0, w.col1))
-        return not bad
+        return why
 
     def process(self, tile: Tile, trusted: dict[str, Any] | None = None) -> dict[str, Any]:
         """Compute, write and record ``tile``; with ``trusted`` (its record from an earlier
@@ -305,7 +309,8 @@ class BaseTileWorker:
         product's window and digests under ``products``."""
         t0 = time.perf_counter()
         ow = tile.out_window
-        if trusted is not None and self._verified(tile, trusted):
+        why = None if trusted is None else self._verified(tile, trusted)
+        if trusted is not None and why is None:
             return {**trusted, "out_pixels": ow.size, "verified": True}
         read = self._read(tile)
         t1 = time.perf_counter()
@@ -338,7 +343,7 @@ class BaseTileWorker:
             crash = self.job.fail_after is not None and self.done >= self.job.fail_after
         if crash:
             os._exit(17)  # simulate a crash after the tile is written (tests only)
-        return {**record, "redone": trusted is not None}
+        return {**record, "redone": trusted is not None, **({"redone_why": why} if why else {})}
 
 
 def _configure_zarr(concurrency: int | None) -> None:

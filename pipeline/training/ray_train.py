@@ -38,6 +38,7 @@ from liif.loop import (
     FINAL_FILE,
     METRICS_FILE,
     MODEL_FILE,
+    check_folder_path,
     load_run,
     read_metrics,
     run_loop,
@@ -331,6 +332,8 @@ def run_training(cfg: TrainConfig, options: RayTrainOptions, *, gt: str | None =
 
     Raises:
         ConfigError: both or neither of ``gt`` and folder data, or an empty GT.
+        liif.loop.FolderPathError: the local run folder cannot be one (a file or a dangling
+            symbolic link in the way).
         ray.train.TrainingFailedError: the run failed more than ``max_failures`` times.
     """
     import ray.train
@@ -348,6 +351,8 @@ def run_training(cfg: TrainConfig, options: RayTrainOptions, *, gt: str | None =
     fs, storage = storage_filesystem(options)
     tensorboard_dir = None
     if "://" not in storage and fs is None:
+        # Ray creates <storage>/<run>/; a file or a dangling link there fails deep inside it
+        check_folder_path(os.path.join(storage, options.run_name), role="storage_path/run_name")
         try:
             import tensorboard  # noqa: F401
 

@@ -25,8 +25,10 @@ from liif.checkpoint import load_checkpoint, save_checkpoint
 from liif.loop import (
     FINAL_FILE,
     METRICS_FILE,
+    FolderPathError,
     Training,
     load_run,
+    make_run_folder,
     run_loop,
     save_run,
     write_metrics,
@@ -34,7 +36,7 @@ from liif.loop import (
 from liif.train import progress_line
 from liif.ttsr import TTSR, make_ttsr_optimizers, ref_batch, ttsr_train_step
 from liif.ttsr.model import parse_num_res_blocks
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, OutputNotWritableError
 
 __all__ = ["GTReadError", "RefSample", "TTSRTrainConfig", "load_ref_samples", "train_ttsr"]
 
@@ -233,7 +235,10 @@ def train_ttsr(cfg: TTSRTrainConfig, *, samples: Sequence[RefSample] | None = No
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        make_run_folder(out, role="run folder (--out)")
+    except FolderPathError as e:  # a PipelineError: the job reports it (exit 2)
+        raise OutputNotWritableError(str(e)) from e
     model = _build_model(cfg)
     optimizers = make_ttsr_optimizers(model, lr=cfg.lr, lr_lte=cfg.lr_lte)
     sched = torch.optim.lr_scheduler.MultiStepLR(optimizers["generator"],
