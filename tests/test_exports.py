@@ -228,13 +228,17 @@ def test_geotiff_float_without_georeferencing_to_fsspec_url(tmp_path, rng):
     out = _create(str(tmp_path / "f.zarr"), shape=(1, 41, 67), dtype="float32", chunks=(16, 32),
                   fill_value=float("nan"), attrs=_attrs(crs=None, transform=None, nodata=None))
     ref = rng.standard_normal((1, 41, 67)).astype(np.float32)
+    ref[0, 3:5, 7:9] = np.nan  # invalid pixels of a float output without a nodata value
     out.write((0, 41), (0, 67), ref)
     url = f"memory://tif-{uuid.uuid4().hex}/x.tif"
     export_geotiff(out, url, cog=False, blocksize=16)
     payload = fsspec.filesystem("memory").cat_file(url)
     with MemoryFile(payload) as mem, mem.open() as src:
         np.testing.assert_array_equal(src.read(), ref)
-        assert src.crs is None and src.nodata is None and src.block_shapes == [(16, 16)]
+        assert src.crs is None and src.block_shapes == [(16, 16)]
+        assert np.isnan(src.nodata)  # NaN is declared, so GIS readers mask those pixels
+        mask = src.read_masks(1)
+        assert (mask == 0).sum() == 4 and mask[3:5, 7:9].max() == 0
         assert len(src.overviews(1)) == 3  # 67 -> 34, 17, 9 columns (GDAL reports 2, 4, 7)
 
 
@@ -280,7 +284,9 @@ def test_every_codec_round_trips_exactly_into_a_valid_cog(tmp_path, rng, compres
         np.testing.assert_array_equal(got, ref)  # NaN == NaN here
         assert src.compression is None if compress == "none" else \
             src.compression.name == compress
-        assert src.crs == CRS.from_wkt(WKT) and src.nodata == nodata
+        assert src.crs == CRS.from_wkt(WKT)
+        # float without a nodata value: NaN marks the invalid pixels, and the COG says so
+        assert np.isnan(src.nodata) if nodata is None else src.nodata == nodata
         assert tuple(src.transform)[:6] == pytest.approx(TRANSFORM)
         assert src.overviews(1) == [2, 4]  # 300 -> 150 -> 75 columns (one block: 128)
         if compress in ("deflate", "zstd", "lzw"):

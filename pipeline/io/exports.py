@@ -263,6 +263,10 @@ def export_geotiff(
         profile["transform"] = Affine(*as_transform(attrs["transform"]))
     if attrs.get("nodata") is not None:
         profile["nodata"] = attrs["nodata"]
+    elif np.dtype(dtype).kind == "f":
+        # a float output without a nodata value marks invalid pixels NaN: say so, or GIS readers
+        # take every pixel as valid
+        profile["nodata"] = float("nan")
 
     # Windows span whole GeoTIFF blocks and whole Zarr chunks in each direction.
     ch, cw = output.chunks
