@@ -57,7 +57,8 @@ def _parse_rasters(items: list[str]) -> dict[str, list[str]]:
             raise ValueError(f"--raster name {name!r} is used twice")
         files: list[str] = []
         for pat in patterns.split(","):
-            found = sorted(glob.glob(pat)) if any(c in pat for c in "*?[") else [pat]
+            found = (sorted(glob.glob(pat, recursive=True)) if any(c in pat for c in "*?[")
+                     else [pat])
             if not found:
                 raise FileNotFoundError(f"--raster {name}: pattern {pat!r} matches no file")
             files += found

@@ -1,5 +1,8 @@
 """``liif make-gt``: cut resolution-varied (LR, HR) training pairs from rasters into Parquet shards.
 
+Every input is opened (probed) before the output is created; a run that fails before its first
+shard is finished removes the output folder it created (never one that existed before).
+
 Examples::
 
     python -m jobs.make_gt --input ../shared/data/train --output out/gt --patch 192 --stride 192 \\
@@ -153,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         check_gt_paths(cfg)  # before Ray starts
     except PipelineError as e:
         p.error(str(e))
-    if resolve(cfg.output, cfg.storage_options).is_local:
+    out = resolve(cfg.output, cfg.storage_options)
+    if out.is_local:
         # the output folder is created later: refuse now a file or a dangling link in its way
         # (the link would be followed, making the folder wherever it points)
         from liif.loop import FolderPathError, check_folder_path
@@ -162,6 +166,18 @@ def main(argv: list[str] | None = None) -> int:
             check_folder_path(cfg.output, role="--output")
         except FolderPathError as e:
             p.error(str(e))
+    if not (a.overwrite or a.resume):
+        # refused later anyway (after every input is probed): say it now, before Ray starts
+        from pipeline.io.atomic import exists
+
+        try:
+            taken = exists(out)
+        except OSError:
+            taken = False  # an unreachable store: make_gt reports it
+        if taken:  # reported as make_gt reports it (exit 2), only sooner
+            print(f"error: output {cfg.output!r} exists and is not empty; pass --overwrite (only "
+                  "a previous ground-truth output is replaced) or --resume", file=sys.stderr)
+            return 2
     if a.workers > 0:
         import ray
 

@@ -17,23 +17,36 @@ checkpoint files (model.safetensors, trainer.pt, metrics.csv; with Ray inside ch
 folders). A rerun with the same --storage-path and --run-name resumes from the latest checkpoint;
 the final weights land in <storage>/<run>/final.safetensors (usable by liif.load_model and
 upscale --model). Every log interval prints step, loss, learning rate, samples/s and ETA.
+
+Every input (--config, --data, --gt, --val-data, --init) is checked before anything is created
+or Ray starts: a missing path, a link to nothing, a folder without images, a --gt that is not a
+finished make-gt output (its _manifest.json says complete: false: finish it with make-gt
+--resume), a --val-data without benchmark/<set>/HR images, are errors (exit 2) naming the flag.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from liif.checkpoint import bundled_models
 from liif.errors import LiifError
 from liif.loop import FolderPathError, check_folder_path, make_run_folder
 from liif.train import TrainConfig, check_init
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.io.locations import check_paths, model_files
 from pipeline.training.config import load_train_config
+from pipeline.training.data import (
+    check_image_folders,
+    check_input_file,
+    check_validation_data,
+    gt_shards,
+)
 from pipeline.training.ray_train import RayTrainOptions, run_training, summary_json
 
 SMOKE_CONFIG = Path(__file__).resolve().parent / "configs" / "smoke.yaml"
@@ -47,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ray: Ray Train workers (DDP); local: this process (default ray)")
     p.add_argument("--config", help="YAML file with TrainConfig keys")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--gt", help="ground-truth output of make-gt (Parquet shards + manifest)")
+    src.add_argument("--gt", help="ground-truth output of make-gt (Parquet shards + manifest); "
+                     "a finished one: an interrupted make-gt is refused until it is finished "
+                     "(make-gt --resume)")
     src.add_argument("--data", nargs="+", help="image folders for the on-the-fly sampler")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks; ray)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
@@ -73,20 +88,55 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _config_role(a: argparse.Namespace, key: str) -> str:
+    return f"{key} (in --config {a.config!r})"
+
+
+def _check_inputs(a: argparse.Namespace, cfg: TrainConfig) -> None:
+    """Refuse now every training input that the run would fail on, or silently skip, later:
+    before the run folder is created and before Ray starts (both backends)."""
+    if cfg.init is not None:
+        role = "--init" if a.init is not None else _config_role(a, "init")
+        init = os.path.expanduser(cfg.init)
+        if os.path.lexists(init) or cfg.init not in bundled_models():
+            check_input_file(role, init, what="weights file",
+                             hint=f"(nor is it a bundled model name: {bundled_models()})")
+        try:
+            check_init(cfg)
+        except (FileNotFoundError, ValueError) as e:  # CheckpointError: unreadable, other model
+            raise ConfigError(f"{role} {cfg.init!r}: {e}") from e
+    if a.gt:
+        gt_shards(a.gt, role="--gt")
+    if a.data:
+        check_image_folders(a.data, role="--data")
+    elif not a.gt and cfg.data and not a.smoke_test:
+        check_image_folders(cfg.data, role=_config_role(a, "data"))
+    if a.val_data:
+        check_validation_data(a.val_data, a.val_set, role="--val-data")
+
+
 def _train_local(cfg: TrainConfig, a: argparse.Namespace, run_dir: str,
                  gt: str | None) -> dict[str, Any]:
-    """The local backend: :func:`liif.train.train` in ``run_dir`` on GT shards or folders."""
+    """The local backend: :func:`liif.train.train` in ``run_dir`` on GT shards or folders.
+    The data and the validation images are read before the run folder is created."""
+    from liif.data import ImageFolderSampler
     from liif.train import train
     from pipeline.training.data import GTShardSampler, benchmark_validation
 
+    role = "--data" if a.data else _config_role(a, "data")
     if a.data:
         cfg = dataclasses.replace(cfg, data=tuple(a.data))
     cfg = dataclasses.replace(cfg, out_dir=run_dir)
-    sampler = GTShardSampler(gt, sample_q=cfg.sample_q) if gt else None
+    sampler: Any = GTShardSampler(gt, sample_q=cfg.sample_q, role="--gt") if gt else None
     if sampler is None and not cfg.data:
         raise ConfigError("no training data: give --gt, --data or data in the config")
-    make_run_folder(run_dir, role=RUN_DIR_ROLE)
+    if sampler is None:
+        try:
+            sampler = ImageFolderSampler(cfg.data, cfg.sampler_config())
+        except (ValueError, OSError) as e:  # no image large enough; an unreadable image
+            raise ConfigError(f"{role} {list(cfg.data)}: {e}") from e
     validate = benchmark_validation(a.val_data, a.val_set, a.val_images)
+    make_run_folder(run_dir, role=RUN_DIR_ROLE)
     return {"run": a.run_name, "backend": "local",
             **train(cfg, sampler=sampler, validate=validate,
                     log=lambda m: print(m, file=sys.stderr, flush=True))}
@@ -128,15 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     if not a.config:
         p.error("--config is required (or use --smoke-test)")
     cfg_path = Path(a.config)
-    if not cfg_path.is_file():
-        p.error(f"config {a.config!r} does not exist")
+    try:
+        check_input_file("--config", a.config, what="YAML config file")
+    except PipelineError as e:
+        p.error(str(e))
     overrides = list(a.set) + ([f"steps={a.steps}"] if a.steps is not None else [])
     try:
         cfg = load_train_config(cfg_path, overrides)
         if a.init is not None:
             cfg = dataclasses.replace(cfg, init=a.init)
-        if cfg.init is not None:
-            check_init(cfg)
+        _check_inputs(a, cfg)
         a.run_name = a.run_name or cfg_path.stem
         options = RayTrainOptions(
             workers=a.workers, use_gpu=a.gpu, cpus_per_worker=a.cpus_per_worker,

@@ -174,3 +174,11 @@ def test_evaluate_job_raster_errors(rasters: dict[str, Path], tiny_liif: Path, t
     with pytest.raises(SystemExit):
         evaluate_job.main(["--model", f"bicubic={tiny_liif}", "--raster", f"x={rasters['u8']}"])
     assert "bicubic" in capsys.readouterr().err
+
+
+def test_raster_globs_with_double_star_search_subfolders(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for p in (tmp_path / "top.tif", tmp_path / "a" / "b" / "deep.tif"):
+        p.write_bytes(b"")
+    found = evaluate_job._parse_rasters([f"r={tmp_path}/**/*.tif"])["r"]
+    assert [Path(f).name for f in found] == ["deep.tif", "top.tif"]

@@ -139,14 +139,23 @@ def test_an_interrupted_job_leaves_its_output_marked_unfinished(
 
     _tif(d / "big.tif", np.random.default_rng(1).integers(1, 256, (3, 64, 64), dtype=np.uint8))
     cfg = UpscaleConfig(source=SourceSpec("big.tif"), output=OutputSpec(str(d / "o.zarr")),
-                        scale=2, model="m.safetensors", tile=32, chunk=32,
+                        scale=2, model="m.safetensors", tile=64, chunk=32, overviews=1,
                         executor="in-process", progress=False, precision="fp32")
     with pytest.raises(KeyboardInterrupt):
         run_upscale(cfg, executor_factory=interrupting)
     assert seen == [False]  # marked before the first tile
-    assert zarr.open_group(str(d / "o.zarr"))["image"].attrs["complete"] is False
-    rc = upscale_cli(job("o.zarr", "p.zarr", "--scale", "1"))
-    assert rc == 2 and "unfinished output" in capsys.readouterr().err
+    group = zarr.open_group(str(d / "o.zarr"))
+    assert group["image"].attrs["complete"] is False
+    assert group["overviews/1"].attrs["complete"] is False  # the pyramid too
+    for extra in ([], ["--array-path", "overviews/1"], ["--array-path", "image"]):
+        rc = upscale_cli(job("o.zarr", "p.zarr", "--scale", "1", *extra))
+        assert rc == 2 and "unfinished output" in capsys.readouterr().err, extra
+    cfg_resume = UpscaleConfig(source=SourceSpec("big.tif"), output=OutputSpec(str(d / "o.zarr")),
+                               scale=2, model="m.safetensors", tile=64, chunk=32, overviews=1,
+                               executor="in-process", progress=False, precision="fp32",
+                               resume=True)
+    run_upscale(cfg_resume)
+    assert zarr.open_group(str(d / "o.zarr"))["overviews/1"].attrs["complete"] is True
 
 
 # --------------------------------------------------- only our own files are replaced (D6, D7)
@@ -216,3 +225,73 @@ def test_resume_redoes_tiles_whose_input_changed_even_when_size_time_and_samples
     a = zarr.open_group(str(d / "o.zarr"))["image"][:]
     b = zarr.open_group(str(d / "fresh.zarr"))["image"][:]
     np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------- the mark counts only where its format puts it (N2)
+
+def test_only_a_mark_in_its_place_makes_a_file_ours(d: Path) -> None:
+    from pipeline.io.atomic import written_by_us
+
+    _tif(d / "a.tif", np.random.default_rng(4).integers(1, 256, (3, 32, 32), dtype=np.uint8))
+    assert upscale_cli(job("a.tif", "o.zarr", "--summary", "s.json", "--preview", "p.png",
+                           "--cog", "c.tif")) == 0
+    ours = {n: written_by_us(resolve(str(d / n))) for n in ("s.json", "p.png", "c.tif")}
+    assert ours == {"s.json": True, "p.png": True, "c.tif": True}
+    (d / "notes.md").write_text("my notes\n" * 30 + "created_by: liif-pipeline is great\n")
+    (d / "nested.json").write_text(json.dumps({"me": {"created_by": "liif-pipeline 0.1.0"}}))
+    (d / "late.json").write_text('{"a": 1, "created_by": "liif-pipeline 0.1.0"}')
+    for name in ("notes.md", "nested.json", "late.json", "o.zarr/zarr.json",
+                 "o.zarr/image/zarr.json", "a.tif"):
+        assert not written_by_us(resolve(str(d / name))), name
+
+
+@pytest.mark.parametrize("target", ["prev.zarr/image/zarr.json", "notes.md"])
+def test_files_that_merely_contain_the_words_are_never_replaced(
+        d: Path, target: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _tif(d / "a.tif", np.random.default_rng(5).integers(1, 256, (3, 32, 32), dtype=np.uint8))
+    assert upscale_cli(job("a.tif", "prev.zarr")) == 0
+    (d / "notes.md").write_text("notes\n" * 30 + "created_by: liif-pipeline\n")
+    capsys.readouterr()
+    before = tree_digest(d)
+    for mode in ("--overwrite", "--resume"):
+        rc = upscale_cli(job("a.tif", f"o{mode}.zarr", "--summary", target, mode))
+        err = capsys.readouterr().err
+        assert rc == 2 and "not written by liif-pipeline" in err, err
+        assert tree_digest(d) == before
+
+
+# ------------------------------------------ sidecars in any case; edits of a sidecar (N4, N5)
+
+def test_sidecars_in_other_letter_cases_and_names_are_refused(
+        d: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _tif(d / "a.tif", np.full((3, 32, 32), 9, np.uint8))
+    _tif(d / ".b.tif", np.full((3, 32, 32), 9, np.uint8))
+    _tif(d / "scene", np.full((3, 32, 32), 9, np.uint8))  # a GeoTIFF without extension
+    for inp, target in (("a.tif", "a.TFW"), ("a.tif", "A.TFW"), ("a.tif", "a.tif.OVR"),
+                        ("a.tif", "a.tif.MSK"), (".b.tif", ".b.tif.aux.xml"),
+                        ("scene", "scene.aux.xml"), ("scene", "scene.ovr")):
+        before = tree_digest(d)
+        rc = upscale_cli(job(inp, "o.zarr", "--cog", target, "--overwrite"))
+        err = capsys.readouterr().err
+        assert rc == 2 and "sidecar" in err, (inp, target, err)
+        assert tree_digest(d) == before
+
+
+def test_resume_refuses_after_a_sidecar_changed_how_the_input_reads(
+        d: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = np.random.default_rng(6).integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    _tif(d / "a.tif", data)
+    argv = job("a.tif", "o.zarr", "--tile", "64", "--chunk", "32")
+    assert upscale_cli(argv) == 0
+    os.remove(d / "o.zarr" / "_manifest" / "1_1.json")  # as if one tile had not finished
+    capsys.readouterr()
+    (d / "a.tif.aux.xml").write_text(
+        "<PAMDataset>" + "".join(f'<PAMRasterBand band="{b}"><NoDataValue>0</NoDataValue>'
+                                 "</PAMRasterBand>" for b in (1, 2, 3)) + "</PAMDataset>")
+    with rasterio.open(d / "a.tif") as ds:
+        assert ds.nodata == 0  # GDAL reads the new nodata from the sidecar
+    before = tree_digest(d / "o.zarr")
+    rc = upscale_cli(argv + ["--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot resume" in err and ("nodata" in err or "size" in err), err
+    assert tree_digest(d / "o.zarr") == before

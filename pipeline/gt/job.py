@@ -46,13 +46,15 @@ def _prepare_output(cfg: GTConfig, overwrite: bool, resume: bool
         if overwrite:
             # only ever delete what this module writes: never a folder of someone else's files,
             # nor a file (dot files and symlinks included) that the user put into our folder
-            from pipeline.io.ownership import gt_foreign, list_tree, remove_listed
+            from pipeline.io.ownership import gt_foreign, gt_manifests, list_tree, remove_listed
 
             tree = list_tree(loc)
             ours = (MANIFEST, LEGACY_MANIFEST)
-            foreign = gt_foreign(tree, ours, SHARD_DIR)
-            top = gt_foreign([e for e in tree if "/" not in e[0]], ours, SHARD_DIR)
-            marked = read_manifest(cfg.output, cfg.storage_options)
+            # the shards are ours only if the manifests list (or plan) them; a manifest that
+            # cannot be parsed is refused (OutputCorruptError)
+            marked, shards = gt_manifests(loc, tree, ours, SHARD_DIR)
+            foreign = gt_foreign(tree, ours, SHARD_DIR, shards)
+            top = gt_foreign([e for e in tree if "/" not in e[0]], ours, SHARD_DIR, shards)
             if not top and (marked is None or marked.get("format") != FORMAT):
                 raise OutputExistsError(
                     f"refusing to overwrite {cfg.output!r}: it holds no {FORMAT} {MANIFEST} "
@@ -142,14 +144,53 @@ def make_gt(cfg: GTConfig, *, workers: int = 2, overwrite: bool = False, resume:
     sources = expand_inputs(cfg.inputs, cfg.storage_options)
     check_paths({"--output": cfg.output}, {"--input": sources}, cfg.storage_options)
     with OutputLease(resolve(cfg.output, cfg.storage_options)):
-        return _make_gt(cfg, sources, workers, overwrite, resume, cpus_per_task, say, t0)
+        fresh = not _output_exists(cfg)
+        try:
+            return _make_gt(cfg, sources, workers, overwrite, resume, cpus_per_task, say, t0)
+        except BaseException:
+            if fresh:  # only what this run created, and only if it holds nothing of value
+                _remove_unused_output(cfg)
+            raise
+
+
+def _output_exists(cfg: GTConfig) -> bool:
+    loc = resolve(cfg.output, cfg.storage_options)
+    if loc.is_local:
+        return os.path.lexists(loc.path)
+    fs, root = loc.fs()
+    fs.invalidate_cache(root.rstrip("/"))
+    return bool(fs.exists(root.rstrip("/")))
+
+
+def _remove_unused_output(cfg: GTConfig) -> None:
+    """After a failed run that created the output: remove it if it holds nothing but what this
+    run wrote and no finished shard (empty, or only a manifest listing no shard). Anything else
+    (a finished shard, a file that is not ours) stays."""
+    loc = resolve(cfg.output, cfg.storage_options)
+    fs, root = loc.fs()
+    root = root.rstrip("/")
+    try:
+        fs.invalidate_cache(root)
+        names = [n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(root, detail=False)]
+        if set(names) - {MANIFEST}:
+            return
+        if names:
+            path = f"{root}/{MANIFEST}"
+            if loc.is_local and (os.path.islink(path) or not os.path.isfile(path)):
+                return
+            if json.loads(fs.cat_file(path)).get("shards"):
+                return
+            fs.rm_file(path)
+        if loc.is_local:
+            os.rmdir(root)
+    except Exception:  # gone, not a folder, unreadable: leave it (never mask the failure)
+        return
 
 
 def _make_gt(cfg: GTConfig, sources: list[str], workers: int, overwrite: bool, resume: bool,
              cpus_per_task: float, say: Callable[[str], None], t0: float) -> dict[str, Any]:
-    fs, root, previous = _prepare_output(cfg, overwrite, resume)
-    if previous is not None:
-        _check_resumable(previous, cfg, sources)
+    # every input is probed (and refused) before the output is touched: created, or deleted
+    # under overwrite
     specs = [SourceSpec(u, storage_options=cfg.storage_options, bands=cfg.bands) for u in sources]
     run = _executor(workers, cpus_per_task)
     probes: list[dict[str, Any]] = [{}] * len(specs)
@@ -158,6 +199,9 @@ def _make_gt(cfg: GTConfig, sources: list[str], workers: int, overwrite: bool, r
     if cfg.reference_input:
         check_reference_input(cfg, specs)
     tasks = plan_shards(cfg, probes, specs)
+    fs, root, previous = _prepare_output(cfg, overwrite, resume)
+    if previous is not None:
+        _check_resumable(previous, cfg, sources)
     too_small = [p["uri"] for p in probes if min(p["shape"][1:]) < cfg.patch]
     if too_small:
         say(f"{len(too_small)} source(s) smaller than the {cfg.patch} px patch give no patches, "

@@ -5,42 +5,36 @@ name in the same folder and renamed into place (``os.replace``); on object store
 atomic. :func:`check_target` runs before any work, so a refused target costs nothing.
 
 Only our own files are ever replaced: every single file the project writes carries a
-``created_by: liif-pipeline`` mark near its start (the summary's first JSON key, a PNG ``tEXt``
-chunk, the GeoTIFF's GDAL metadata, a report's first line), and an existing target without it
-is refused even with ``--overwrite`` (:func:`written_by_us`).
+``created_by: liif-pipeline`` mark at a place fixed by its format (:mod:`pipeline.io.marks`), and
+an existing target without it is refused even with ``--overwrite`` (:func:`written_by_us`).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 import uuid
 
 from pipeline.errors import OutputExistsError, OutputNotWritableError
 from pipeline.io.locations import Location
+from pipeline.io.marks import has_our_mark
 
-__all__ = ["OWNER_MARK", "check_target", "deliver", "exists", "local_tmp", "write_bytes",
-           "written_by_us"]
-
-#: what marks a file as written by this project, within its first ``_HEAD`` bytes
-OWNER_MARK = re.compile(rb"created_by\W{0,12}liif-pipeline")
-_HEAD = 1 << 16
-
+__all__ = ["check_target", "deliver", "exists", "local_tmp", "write_bytes", "written_by_us"]
 
 def written_by_us(loc: Location) -> bool:
-    """Whether the existing file ``loc`` carries our ``created_by`` mark in its first 64 KiB."""
+    """Whether the existing file ``loc`` carries our ``created_by`` mark where its format puts
+    it (:func:`pipeline.io.marks.has_our_mark`)."""
     try:
         if loc.is_local:
+            if not os.path.isfile(loc.path):
+                return False
             with open(loc.path, "rb") as fh:
-                head = fh.read(_HEAD)
-        else:
-            fs, path = loc.fs()
-            with fs.open(path, "rb") as fh:
-                head = fh.read(_HEAD)
+                return has_our_mark(fh)
+        fs, path = loc.fs()
+        with fs.open(path, "rb") as fh:
+            return has_our_mark(fh)
     except OSError:
         return False
-    return OWNER_MARK.search(head) is not None
 
 
 def exists(loc: Location) -> bool:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.io.locations import resolve
+from pipeline.io.locations import read_extent, resolve
 
 if TYPE_CHECKING:
     from pipeline.io.sources import Source
@@ -55,8 +55,10 @@ def content_identity(source: Source, *, windows: int = 3, side: int = 32) -> dic
     and modification time (object stores); for a local Zarr folder, the file count, total size
     and latest modification time of everything in it; for a remote Zarr prefix, those of its
     metadata files only (listing millions of chunks would cost more than the job's reads).
+    For a file, also the size and time of each GDAL sidecar beside it that exists (``sidecars``).
     ``samples``: blake2b digest of ``windows x windows`` windows of ``side`` pixels spread over
     the image (a rewrite of the pixels there is caught even when the metadata is untouched).
+    ``reading``: how the input reads (dtype, nodata, CRS, transform, band interpretation).
     """
     spec = source.spec
     storage: dict[str, Any] = {}
@@ -75,6 +77,10 @@ def content_identity(source: Source, *, windows: int = 3, side: int = 32) -> dic
                         storage[f"{root[len(path):] or '.'}/{meta}"] = st
         else:
             storage["file"] = _stat(fs, path)
+            sidecars = {part.name: st for part, _ in read_extent(loc)[1:]
+                        if (st := _stat(fs, part.path)) is not None}
+            if sidecars:  # e.g. an .aux.xml that sets nodata: editing it changes the input
+                storage["sidecars"] = sidecars
     _, h, w = source.shape
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{source.shape}|{source.dtype}".encode())
@@ -84,4 +90,7 @@ def content_identity(source: Source, *, windows: int = 3, side: int = 32) -> dic
             c0 = (w - min(side, w)) * j // max(1, windows - 1)
             block = source.read((r0, r0 + min(side, h)), (c0, c0 + min(side, w)))
             digest.update(np.ascontiguousarray(block).tobytes())
-    return {"storage": storage, "samples": digest.hexdigest()}
+    reading = {"dtype": str(source.dtype), "nodata": repr(source.nodata), "crs": source.crs,
+               "transform": None if source.transform is None else list(source.transform),
+               "bands": [dict(b) for b in source.band_info]}
+    return {"storage": storage, "samples": digest.hexdigest(), "reading": reading}

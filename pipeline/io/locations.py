@@ -26,9 +26,10 @@ would destroy it, so :func:`check_disjoint` refuses it, before any work, naming 
 What a read covers (:func:`read_extent`) is more than the text given: a Zarr metadata file
 (``x.zarr/zarr.json``, ``.zarray``, ``.zgroup``, ``.zattrs``, ``.zmetadata``) stands for its
 whole folder (the reader opens the folder and its chunks), and a file stands with the sidecars
-GDAL reads beside it, existing or not (``a.tif.aux.xml``, ``a.tif.ovr``, ``a.tif.msk``,
-``a.aux``, world files ``a.tfw``/``a.tifw``/``a.wld``, ``a.prj``, RPC/IMD metadata): writing one
-would change how the input reads.
+GDAL reads beside it, existing or not, in any letter case (``a.tif.aux.xml``, ``a.tif.ovr``,
+``a.tif.msk``, ``a.aux``, world files ``a.tfw``/``a.tifw``/``a.wld``, ``a.prj``, RPC/IMD
+metadata; ``scene.aux.xml`` for a name without extension): writing one would change how the
+input reads.
 """
 
 from __future__ import annotations
@@ -278,14 +279,22 @@ def read_extent(loc: Location) -> list[tuple[Location, str]]:
         return [(loc.parent(), f"the Zarr store that {name} describes")]
     stem, ext = posixpath.splitext(name)
     out = [(loc, "")]
-    if not ext or not stem or stem.startswith("."):
-        return out
-    names = [name + suffix for suffix in _SIDECAR_SUFFIXES]
-    names += [stem + e for e in _SIDECAR_STEM_EXTS]
-    # world files: .tfw / .tifw for .tif, .jgw / .jpgw for .jpg, ... (first + last letter + w)
-    names += [stem + ext[:2] + ext[-1] + "w", stem + ext + "w"]
+    names = [name + suffix for suffix in _SIDECAR_SUFFIXES]  # also for names without extension
+    if ext and stem:
+        names += [stem + e for e in _SIDECAR_STEM_EXTS]
+        # world files: .tfw / .tifw for .tif, .jgw / .jpgw for .jpg, ... (first + last letter + w)
+        names += [stem + ext[:2] + ext[-1] + "w", stem + ext + "w"]
     out += [(loc.sibling(n), f"a sidecar GDAL reads with {name}") for n in dict.fromkeys(names)]
     return out
+
+
+def _hits(out: Location, part: Location, sidecar: bool) -> bool:
+    """``out`` overlaps ``part``; for a sidecar also when only the case differs (GDAL looks for
+    ``a.TFW``, ``a.tif.OVR`` as well as the lower-case names)."""
+    if out.overlaps(part):
+        return True
+    return (sidecar and out.protocol == part.protocol and out.name.lower() == part.name.lower()
+            and out.parent().path == part.parent().path)
 
 
 def check_disjoint(writes: Sequence[Role], reads: Iterable[Role]) -> None:
@@ -302,7 +311,7 @@ def check_disjoint(writes: Sequence[Role], reads: Iterable[Role]) -> None:
     for role, out in outs:
         for in_role, src in ins:
             for part, note in read_extent(src):
-                if out.overlaps(part):
+                if _hits(out, part, sidecar=note.startswith("a sidecar")):
                     raise PathConflictError(_conflict(role, out, in_role, part, "read", note))
     for i, (role, out) in enumerate(outs):
         for other_role, other in outs[i + 1:]:

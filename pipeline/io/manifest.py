@@ -17,17 +17,23 @@ are not Zarr nodes; ``zarr.json`` there is never treated as a record, nor is a f
 not a valid tile key.
 
 A record that exists but cannot be read back (empty after a full disk, truncated by a copy, not
-a JSON object, or lacking ``key``/``finished_at``) proves nothing: :meth:`TileManifest.record`
+a JSON object, or lacking ``key``/``finished_at``; or not a regular file at all: a folder, a FIFO,
+a device, a link to one; or a read that the OS refuses) proves nothing: :meth:`TileManifest.record`
 raises :class:`~pipeline.errors.OutputCorruptError` naming the file, and a resume treats the
-tile as not finished.
+tile as not finished. Redoing it replaces such a record: a link, FIFO or device node is
+unlinked (never what it points to), an empty folder removed; a folder that holds anything is
+never deleted (it may be the user's): :meth:`~TileManifest.forget` and
+:meth:`~TileManifest.mark_done` refuse it, naming it.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 import re
+import stat
 from typing import Any
 
 import fsspec
@@ -64,6 +70,68 @@ def _record_problem(key: str, rec: Any) -> str:
     if rec["key"] != key:
         return f"names tile {rec['key']!r}, not {key!r}"
     return ""
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file of mode ``mode`` is, for messages."""
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _read_local(path: str) -> bytes | None:
+    """The bytes of the local record ``path``; None when there is none (also a symbolic link
+    to nothing). The file type is checked before opening (opening a device can act on it) and
+    again on the open file (non-blocking: a FIFO swapped in meanwhile must not hang the job).
+
+    Raises:
+        OutputCorruptError: it is not a regular file (also through a link), or cannot be read.
+    """
+    def unreadable(exc: OSError) -> OutputCorruptError:
+        return OutputCorruptError(
+            f"manifest record {path!r} cannot be read ({exc.strerror or exc})")
+
+    def not_a_file(mode: int) -> OutputCorruptError:
+        via = " (through a symbolic link)" if os.path.islink(path) else ""
+        return OutputCorruptError(
+            f"manifest record {path!r} is {_kind(mode)}{via}, not a record file")
+
+    try:
+        st = os.stat(path)  # follows a link: what a read would open
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise unreadable(exc) from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise not_a_file(st.st_mode)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:  # removed meanwhile
+        return None
+    except OSError as exc:
+        raise unreadable(exc) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise not_a_file(mode)
+        with os.fdopen(fd, "rb") as fh:
+            fd = -1
+            return fh.read()
+    except OSError as exc:
+        raise unreadable(exc) from exc
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _folder_in_the_way(where: str, key: str) -> OutputCorruptError:
+    return OutputCorruptError(
+        f"manifest record {where!r} of tile {key} is a folder that is not empty, not a record; "
+        "it is not deleted (it may hold your files): move it out of the output, then rerun with "
+        "--resume")
 
 
 class TileManifest:
@@ -117,16 +185,68 @@ class TileManifest:
         loc = resolve(self.uri, self.storage_options).child(f"{MANIFEST_DIR}/{_check_key(key)}.json")
         if isinstance(fs, LocalFileSystem):
             os.makedirs(directory, exist_ok=True)
+            path = self._path(key)
+            if os.path.isdir(path) and not os.path.islink(path):
+                self._remove_local(path, key)  # a rename cannot replace a folder
         write_bytes(loc, payload)
         return rec
 
     def forget(self, key: str) -> None:
-        """Delete tile ``key``'s record (the tile is no longer trusted as done)."""
+        """Delete tile ``key``'s record (the tile is no longer trusted as done).
+
+        Whatever is at the record's name goes: a file, a link (never its target), a FIFO or
+        device node, an empty folder.
+
+        Raises:
+            OutputCorruptError: a folder that holds anything is there (it is never deleted).
+        """
         fs, _ = self._fs_dir
+        path = self._path(key)
+        if isinstance(fs, LocalFileSystem):
+            self._remove_local(path, key)
+            return
+        where = fs.unstrip_protocol(path)
         try:
-            fs.rm_file(self._path(key))
+            fs.rm_file(path)
+        except FileNotFoundError:
+            if self._is_prefix(fs, path):
+                try:  # an empty folder goes; a prefix holding objects stays (not ours), and
+                    fs.rmdir(path)  # the next record is written beside it, as an object
+                except OSError:
+                    pass
+        except OSError as exc:
+            if not self._is_prefix(fs, path):
+                raise OutputCorruptError(
+                    f"manifest record {where!r} of tile {key} cannot be removed ({exc}); "
+                    "remove it, then rerun with --resume") from exc
+            try:
+                fs.rmdir(path)
+            except OSError as exc2:
+                raise _folder_in_the_way(where, key) from exc2
+        fs.invalidate_cache(self._fs_dir[1])
+
+    @staticmethod
+    def _remove_local(path: str, key: str) -> None:
+        try:
+            os.unlink(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if not (os.path.isdir(path) and not os.path.islink(path)):
+                raise OutputCorruptError(
+                    f"manifest record {path!r} of tile {key} cannot be removed "
+                    f"({exc.strerror or exc}); remove it, then rerun with --resume") from exc
+        try:
+            os.rmdir(path)  # only an empty folder
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise _folder_in_the_way(path, key) from exc
+            raise OutputCorruptError(
+                f"manifest record {path!r} of tile {key} is a folder that cannot be removed "
+                f"({exc.strerror or exc}); remove it, then rerun with --resume") from exc
 
     def is_done(self, key: str) -> bool:
         """Whether tile ``key`` has a record."""
@@ -141,14 +261,28 @@ class TileManifest:
         Raises:
             OutputCorruptError: the record exists but is not one :meth:`mark_done` wrote (empty,
                 not UTF-8 JSON, not an object, without ``key``/``finished_at`` or naming another
-                tile): it proves nothing about the tile. The message names the file.
+                tile; not a regular file, e.g. a folder; or the read failed): it proves nothing
+                about the tile. The message names the file.
         """
         fs, _ = self._fs_dir
         path = self._path(key)
-        try:
-            raw = fs.cat_file(path)
-        except FileNotFoundError:
-            return None
+        where = path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+        if isinstance(fs, LocalFileSystem):
+            raw = _read_local(path)
+            if raw is None:
+                return None
+        else:
+            try:
+                raw = fs.cat_file(path)
+            except FileNotFoundError:
+                if self._is_prefix(fs, path):
+                    raise OutputCorruptError(
+                        f"manifest record {where!r} is a folder (prefix), not a record file"
+                    ) from None
+                return None
+            except OSError as exc:  # IsADirectoryError, permission, transport
+                raise OutputCorruptError(
+                    f"manifest record {where!r} cannot be read ({exc})") from exc
         try:
             rec = json.loads(raw)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
@@ -156,9 +290,16 @@ class TileManifest:
         else:
             why = _record_problem(key, rec)
         if why:
-            where = path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
             raise OutputCorruptError(f"manifest record {where!r} {why}")
         return rec
+
+    @staticmethod
+    def _is_prefix(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+        """Whether a folder (an object-store prefix) is at ``path``, where no file is."""
+        try:
+            return bool(fs.isdir(path))
+        except OSError:
+            return False
 
     def done_keys(self) -> set[str]:
         """Keys of all finished tiles, from one directory listing (empty if none yet)."""

@@ -36,6 +36,7 @@ from pipeline.io.pyramid import level_chunk, level_shape
 from pipeline.io.zarr_output import (
     _DTYPE_KINDS,
     ARRAY_NAME,
+    COMPLETE,
     CREATED_BY,
     PRODUCTS_GROUP,
     OutputSpec,
@@ -374,7 +375,8 @@ def create_zarr_output(
             lc = level_chunk(min(chunks2), lv)
             lt = (level_transform(meta["transform"], lv) if meta.get("transform") is not None
                   else None)
-            level_meta = {"overview_level": lv, "overview_of": ARRAY_NAME,
+            level_meta = {"created_by": CREATED_BY, COMPLETE: False,
+                          "overview_level": lv, "overview_of": ARRAY_NAME,
                           "resampling": "average", "crs": meta.get("crs"), "transform": lt,
                           "nodata": meta.get("nodata"), "value_range": meta.get("value_range")}
             if zarr_format == 2:  # GDAL 3.10 reads no overviews from v2: plain arrays

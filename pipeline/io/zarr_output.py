@@ -258,6 +258,14 @@ class ZarrOutput:
         arr.attrs.put(keep)  # one metadata write: a kill never leaves the attributes half-done
         self._arrays.clear()
 
+    def set_complete(self, complete: bool) -> None:
+        """Mark this array and each of its overview levels (attribute ``complete``) as being
+        written (False: readers refuse it as an input) or finished (True); the driver only."""
+        for level in range(self.levels + 1):
+            arr = self._array(writable=True, level=level)
+            arr.attrs.put({**dict(arr.attrs), COMPLETE: complete})
+        self._arrays.clear()
+
     @property
     def manifest(self) -> TileManifest:
         """The done-tile record stored in this output's group."""

@@ -165,6 +165,10 @@ def _identity_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[s
                        f"({was.get('storage')} -> {ident.get('storage')})")
         if was.get("samples") != ident.get("samples"):
             out.append(f"sampled pixels of the {role} differ")
+        if "reading" in was and was["reading"] != ident.get("reading"):  # older outputs lack it
+            changed = sorted(k for k in {**was["reading"], **(ident.get("reading") or {})}
+                             if was["reading"].get(k) != (ident.get("reading") or {}).get(k))
+            out.append(f"how the {role} reads changed ({', '.join(changed)})")
     return out
 
 
@@ -241,8 +245,8 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
         products=[(p.path, p.out_shape, p.attrs) for p in plan.products])
     records, verify_inputs = _trusted_records(cfg, out, plan) if cfg.resume else ({}, False)
     arrays = [out] + [out.product(p.array) for p in plan.products]
-    for arr in arrays:  # readers refuse it as an input until the last tile is in
-        arr.update_attrs({COMPLETE: False})
+    for arr in arrays:  # readers refuse it (and its overviews) as an input until the last tile
+        arr.set_complete(False)
     tiles = plan.tiles.tiles()
     work = [(t, records.get(t.key)) for t in tiles]
     job = replace(family.make_job(cfg, plan, out), depth=cfg.depth,
@@ -278,7 +282,7 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
     if out.attrs.get(UNREADABLE_MARK):
         out.update_attrs({UNREADABLE_MARK: None})
     for arr in arrays:
-        arr.update_attrs({COMPLETE: True})
+        arr.set_complete(True)
     extras: dict[str, Any] = {}
     if cfg.cog:
         extras["cog"] = export_geotiff(

@@ -47,7 +47,13 @@ from liif.loop import (
 from liif.train import TrainConfig, liif_step, make_training, progress_line
 from pipeline.errors import ConfigError
 from pipeline.io.jsontext import json_line
-from pipeline.training.data import GT_COLUMNS, benchmark_validation
+from pipeline.training.data import (
+    GT_COLUMNS,
+    benchmark_validation,
+    check_image_folders,
+    check_validation_data,
+    gt_shards,
+)
 
 __all__ = ["GT_COLUMNS", "RayTrainOptions", "read_final_metrics", "run_training",
            "storage_filesystem", "summary_json", "train_loop_per_worker"]
@@ -309,12 +315,10 @@ def _gt_dataset(gt: str, materialize_bytes: int) -> Any:
     """The training columns of the finished shards of a GT output, as a Ray Dataset."""
     import ray.data
 
-    from pipeline.gt import read_manifest, shard_paths
+    from pipeline.gt import read_manifest
 
     gt = gt if "://" in gt else os.path.abspath(gt)
-    paths = shard_paths(gt)
-    if not paths:
-        raise ConfigError(f"ground truth {gt!r} has no finished non-empty shards")
+    paths = gt_shards(gt, role="gt")
     ds = ray.data.read_parquet(paths).select_columns(GT_COLUMNS)
     size = sum(int(r["bytes"]) for r in (read_manifest(gt) or {}).get("shards", {}).values())
     return ds.materialize() if 0 < size <= materialize_bytes else ds
@@ -330,8 +334,14 @@ def run_training(cfg: TrainConfig, options: RayTrainOptions, *, gt: str | None =
     ``checkpoint``, ``start_step``, ``step``, ``loss_first``/``loss_last``, ``samples_per_s``,
     ``step_time_s``, ``seconds``, ``metrics`` (the last reported).
 
+    Every input is checked before Ray Train creates anything: the image folders
+    (:func:`~pipeline.training.data.check_image_folders`), the GT output (finished, with
+    shards: :func:`~pipeline.training.data.gt_shards`) and ``options.val_root``.
+
     Raises:
-        ConfigError: both or neither of ``gt`` and folder data, or an empty GT.
+        ConfigError: both or neither of ``gt`` and folder data, an empty or unfinished GT, image
+            folders without images, a validation root without ``benchmark/<set>/HR`` images.
+        pipeline.errors.InputNotFoundError: an input that does not exist (or a link to nothing).
         liif.loop.FolderPathError: the local run folder cannot be one (a file or a dangling
             symbolic link in the way).
         ray.train.TrainingFailedError: the run failed more than ``max_failures`` times.
@@ -343,6 +353,12 @@ def run_training(cfg: TrainConfig, options: RayTrainOptions, *, gt: str | None =
     if gt is not None and data:
         raise ConfigError("give GT shards (gt) or image folders (data), not both")
     folders = tuple(data or (cfg.data if gt is None else ()))
+    if folders:
+        check_image_folders(folders, role="data")
+    if gt is not None:
+        gt_shards(gt, role="gt")
+    if options.val_root:
+        check_validation_data(options.val_root, options.val_set, role="val_root")
     if folders:  # workers may run elsewhere: absolute paths
         cfg = TrainConfig.from_dict({**asdict(cfg), "data": tuple(
             d if "://" in d else os.path.abspath(d) for d in folders)})
