@@ -38,11 +38,7 @@ symbolic link) or ``"other"`` (a device, pipe or socket).
 
 from __future__ import annotations
 
-import errno
-import json
-import os
 import re
-import stat
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -50,110 +46,16 @@ from typing import Any
 
 from pipeline.errors import OutputCorruptError, OutputExistsError
 from pipeline.io.locations import Location
+from pipeline.io.tree import Entry, Tree, list_tree, read_json, remove_listed
 
 __all__ = ["Tree", "gt_foreign", "gt_manifests", "list_tree", "refuse_foreign", "remove_listed",
            "zarr_foreign"]
-
-Entry = tuple[str, str]
 
 _HEX32 = r"[0-9a-f]{32}"
 # pipeline.io.atomic.local_tmp(loc, ".tmp"): ".<name>.<uuid4 hex>.tmp" beside the target
 _ATOMIC_TMP = re.compile(rf"\.(?P<name>.+)\.{_HEX32}\.tmp")
 # zarr's LocalStore (_atomic_write): path.with_suffix(".<uuid4 hex>.partial") beside the target
 _ZARR_PARTIAL = re.compile(rf"(?P<stem>.+)\.{_HEX32}\.partial")
-
-# ------------------------------------------------------------------------------------ listing
-
-
-class Tree(list[Entry]):
-    """The entries :func:`list_tree` found, and the folder they were found in (``loc``), so
-    that :func:`zarr_foreign` can read the metadata of the very output they were listed from."""
-
-    def __init__(self, entries: Iterable[Entry], loc: Location) -> None:
-        super().__init__(entries)
-        self.loc = loc
-
-
-def list_tree(loc: Location) -> Tree:
-    """Every entry under the folder ``loc`` (not ``loc`` itself), parents before children.
-
-    Local folders (also behind a chained ``file`` URL) are listed with the OS, without
-    following symbolic links; other stores with fsspec's ``find``. The contents of a directory
-    that is a link are not listed (the link is one ``"link"`` entry)."""
-    if loc.protocol == "file":
-        return Tree(_list_local(loc.path), loc)
-    fs, root = loc.fs()
-    root = root.rstrip("/")
-    fs.invalidate_cache(root)
-    found = fs.find(root, withdirs=True, detail=True)
-    out = []
-    for name, info in sorted(found.items()):
-        name = name.rstrip("/")
-        if name == root or not name.startswith(root + "/"):
-            continue
-        rel = name[len(root) + 1:]
-        if info.get("islink"):
-            kind = "link"
-        elif info.get("type") == "directory":
-            kind = "dir"
-        elif info.get("type") == "file":
-            kind = "file"
-        else:
-            kind = "other"
-        out.append((rel, kind))
-    return Tree(out, loc)
-
-
-def _list_local(root: str) -> list[Entry]:
-    out: list[Entry] = []
-
-    def walk(path: str, rel: str) -> None:
-        with os.scandir(path) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for e in entries:
-            r = f"{rel}{e.name}"
-            if e.is_symlink():
-                out.append((r, "link"))
-            elif e.is_dir(follow_symlinks=False):
-                out.append((r, "dir"))
-                walk(e.path, r + "/")
-            elif e.is_file(follow_symlinks=False):
-                out.append((r, "file"))
-            else:
-                out.append((r, "other"))
-
-    walk(root, "")
-    return out
-
-
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-
-
-def _read(loc: Location, rel: str) -> bytes:
-    """The bytes of the regular file ``rel`` under ``loc`` (locally never through a link at
-    ``rel``, nor blocking on a pipe put there meanwhile)."""
-    if loc.protocol == "file":
-        fd = os.open(os.path.join(loc.path, *rel.split("/")), _READ_FLAGS)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(errno.EINVAL, "not a regular file")
-            with os.fdopen(os.dup(fd), "rb") as f:
-                return f.read()
-        finally:
-            os.close(fd)
-    fs, path = loc.child(rel).fs()
-    return bytes(fs.cat_file(path))
-
-
-def _json(loc: Location, rel: str) -> Any:
-    """``rel`` parsed as JSON; ValueError (naming the reason) when it cannot be read or parsed."""
-    try:
-        return json.loads(_read(loc, rel))
-    except OSError as exc:
-        raise ValueError(f"{rel} cannot be read: {exc}") from exc
-    except ValueError as exc:  # UnicodeDecodeError and json's errors included
-        raise ValueError(f"{rel} is not valid JSON: {exc}") from exc
-
 
 # ------------------------------------------------------------------------- the Zarr output
 
@@ -310,11 +212,11 @@ class _Layout:
         """The output's Zarr format, None when the group is not ours (then nothing is)."""
         try:
             if self.kinds.get("zarr.json") == "file":
-                doc = _json(self.loc, "zarr.json")
+                doc = read_json(self.loc, "zarr.json")
                 attrs = doc.get("attributes", {}) if isinstance(doc, dict) else None
                 fmt = 3
             elif self.kinds.get(".zgroup") == "file":
-                attrs = (_json(self.loc, ".zattrs") if self.kinds.get(".zattrs") == "file"
+                attrs = (read_json(self.loc, ".zattrs") if self.kinds.get(".zattrs") == "file"
                          else {})
                 fmt = 2
             else:
@@ -387,12 +289,12 @@ class _Layout:
             return None
         if kind != "file":  # a link or a pipe put there: never read; it is foreign
             return _Array(_V3_META if self.fmt == 3 else _V2_ARRAY_META)
-        doc = _json(self.loc, main)
+        doc = read_json(self.loc, main)
         try:
             if self.fmt == 3:
                 return _v3_array(doc)
             za = f"{rel}/.zattrs"
-            attrs = _json(self.loc, za) if self.kinds.get(za) == "file" else {}
+            attrs = read_json(self.loc, za) if self.kinds.get(za) == "file" else {}
             return _v2_array(doc, attrs)
         except ValueError as exc:
             raise ValueError(f"{main}: {exc}") from exc
@@ -533,7 +435,7 @@ def gt_manifests(loc: Location, entries: Iterable[Entry], manifests: Sequence[st
         if kinds.get(name) != "file":  # absent, or a link or a folder: foreign, never read
             continue
         try:
-            doc = _json(loc, name)
+            doc = read_json(loc, name)
             if not isinstance(doc, dict):
                 raise ValueError(f"{name} is not a JSON object")
             shards = doc.get("shards")
@@ -627,110 +529,3 @@ def refuse_foreign(uri: str, foreign: Sequence[str], what: str) -> None:
         "the output yourself, or choose another output")
 
 
-# ------------------------------------------------------------------------------------ deleting
-
-
-def remove_listed(loc: Location, entries: Sequence[Entry]) -> None:
-    """Delete the folder ``loc``: exactly the ``"file"`` and ``"dir"`` entries of ``entries``
-    (checked to be ours), then the folder itself. Never follows a symbolic link; an entry that
-    is not listed (or whose kind changed) is kept, and then OutputExistsError names it.
-    """
-    files = {rel for rel, kind in entries if kind == "file"}
-    dirs = {rel for rel, kind in entries if kind == "dir"}
-    if loc.protocol == "file":
-        kept = _remove_local(loc.path, files, dirs)
-    else:
-        kept = _remove_remote(loc, files, dirs)
-    if kept:
-        shown = ", ".join(kept[:5]) + (f" and {len(kept) - 5} more" if len(kept) > 5 else "")
-        raise OutputExistsError(
-            f"while replacing {loc.uri!r}, files this project did not write appeared in it "
-            f"({shown}); they were kept, the rest was deleted: move them out of it, or delete "
-            "the output yourself, and run again")
-
-
-_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
-
-
-def _remove_local(root: str, files: set[str], dirs: set[str]) -> list[str]:
-    kept: list[str] = []
-    if os.unlink in os.supports_dir_fd and os.open in os.supports_dir_fd:
-        try:
-            fd = os.open(root, _DIR_FLAGS)
-        except FileNotFoundError:
-            return []
-        try:
-            _remove_fd(fd, "", files, dirs, kept)
-        finally:
-            os.close(fd)
-    else:  # pragma: no cover - platforms without dir_fd (Windows)
-        _remove_paths(root, files, dirs, kept)
-    if not kept:
-        try:
-            os.rmdir(root)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-            kept.append(os.path.basename(root) + "/ (not empty)")
-    return kept
-
-
-def _remove_fd(fd: int, rel: str, files: set[str], dirs: set[str], kept: list[str]) -> None:
-    for name in sorted(os.listdir(fd)):
-        r = rel + name
-        try:
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:  # gone meanwhile
-            continue
-        if stat.S_ISDIR(st.st_mode) and r in dirs:
-            try:
-                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except OSError:  # replaced by a link meanwhile (O_NOFOLLOW): keep it
-                kept.append(r)
-                continue
-            try:
-                before = len(kept)
-                _remove_fd(sub, r + "/", files, dirs, kept)
-            finally:
-                os.close(sub)
-            if len(kept) == before:
-                os.rmdir(name, dir_fd=fd)
-        elif stat.S_ISREG(st.st_mode) and r in files:
-            os.unlink(name, dir_fd=fd)
-        else:
-            kept.append(r + ("/" if stat.S_ISDIR(st.st_mode) else ""))
-
-
-def _remove_paths(root: str, files: set[str], dirs: set[str],
-                  kept: list[str]) -> None:  # pragma: no cover - see _remove_local
-    for rel in sorted(files):
-        path = os.path.join(root, *rel.split("/"))
-        if os.path.isfile(path) and not os.path.islink(path):
-            os.unlink(path)
-    for rel in sorted(dirs, key=lambda r: -r.count("/")):
-        path = os.path.join(root, *rel.split("/"))
-        try:
-            os.rmdir(path)
-        except OSError:
-            kept.append(rel + "/")
-
-
-def _remove_remote(loc: Location, files: set[str], dirs: set[str]) -> list[str]:
-    fs, root = loc.fs()
-    root = root.rstrip("/")
-    if files:
-        fs.rm(sorted(f"{root}/{rel}" for rel in files))
-    fs.invalidate_cache(root)
-    left = [rel + ("/" if kind == "dir" else "") for rel, kind in list_tree(loc)
-            if kind != "dir" or rel not in dirs]
-    if left:
-        return left
-    for rel in sorted(dirs, key=lambda r: -r.count("/")) + [""]:
-        try:  # pseudo-directories (memory://); object stores have none left
-            fs.rmdir(f"{root}/{rel}".rstrip("/"))
-        except (OSError, ValueError, NotImplementedError):
-            pass
-    fs.invalidate_cache(root)
-    return []
