@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -258,14 +259,33 @@ def s3_server():
     server.stop()
 
 
-def upscale_cli(argv: list[str]) -> int:
-    """``jobs.upscale.main(argv)`` as the shell sees it: its exit code, argparse's included."""
-    from jobs.upscale import main
-
+def cli_exit(main: Callable[[list[str]], int], argv: list[str]) -> int:
+    """``main(argv)`` of a job as the shell sees it: its exit code, argparse's included."""
     try:
         return main(argv)
     except SystemExit as e:
         return int(e.code) if isinstance(e.code, int) else 1
+
+
+def upscale_cli(argv: list[str]) -> int:
+    """``jobs.upscale.main(argv)`` as the shell sees it (:func:`cli_exit`)."""
+    from jobs.upscale import main
+
+    return cli_exit(main, argv)
+
+
+def random_tif(path: Path, size: int = 32, seed: int = 0, low: int = 0) -> Path:
+    """A seeded random (3, size, size) uint8 GeoTIFF (EPSG:32618, 10 m pixels) at ``path``."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import Affine
+
+    data = np.random.default_rng(seed).integers(low, 256, (3, size, size), dtype=np.uint8)
+    with rasterio.open(path, "w", driver="GTiff", height=size, width=size, count=3,
+                       dtype="uint8", crs="EPSG:32618",
+                       transform=Affine(10.0, 0, 500000, 0, -10.0, 4e6)) as d:
+        d.write(data)
+    return path
 
 
 def last_json(capsys: pytest.CaptureFixture[str]) -> dict:

@@ -16,11 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import zarr
-from conftest import last_json, tree_digest, upscale_cli
+from conftest import cli_exit, last_json, random_tif, tree_digest, upscale_cli
 from PIL import Image
-from rasterio.transform import Affine
 
 from liif.loop import FolderPathError, check_folder_path, make_run_folder
 from pipeline.errors import OutputCorruptError, OutputNotWritableError
@@ -31,19 +29,11 @@ SMOKE = str(REPO / "jobs" / "configs" / "smoke.yaml")
 
 
 def _exit_code(fn, argv: list[str]) -> int:
-    try:
-        return fn(argv)
-    except SystemExit as e:
-        return int(e.code) if isinstance(e.code, int) else 1
+    return cli_exit(fn, argv)
 
 
 def _tif(path: Path, size: int = 32, seed: int = 0) -> Path:
-    data = np.random.default_rng(seed).integers(0, 256, (3, size, size), dtype=np.uint8)
-    with rasterio.open(path, "w", driver="GTiff", height=size, width=size, count=3,
-                       dtype="uint8", crs="EPSG:32618",
-                       transform=Affine(10.0, 0, 500000, 0, -10.0, 4e6)) as d:
-        d.write(data)
-    return path
+    return random_tif(path, size, seed, low=0)
 
 
 def _images(folder: Path, n: int = 2) -> Path:
