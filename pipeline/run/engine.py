@@ -173,11 +173,11 @@ def _identity_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[s
 
 
 def _trusted_records(cfg: JobOptions, out: ZarrOutput, plan: JobPlan
-                     ) -> tuple[dict[str, dict[str, Any]], bool]:
-    """The finished tiles' records of a resumed output, and whether their input windows must be
-    verified too (always: the workers redo a tile whose input window no longer reads the same).
-    Refuses an input whose identity changed since the output was started, unless the last run
-    stopped on an unreadable input (repaired since)."""
+                     ) -> dict[str, dict[str, Any]]:
+    """The finished tiles' records of a resumed output (the workers verify each one's chunks and
+    input windows, and redo a tile whose input window no longer reads the same). Refuses an input
+    whose identity changed since the output was started, unless the last run stopped on an
+    unreadable input (repaired since)."""
     identity = plan.attrs["input_identity"]
     changed = _identity_changes(out.attrs.get("input_identity"), identity)
     stopped = out.attrs.get(UNREADABLE_MARK)
@@ -199,9 +199,7 @@ def _trusted_records(cfg: JobOptions, out: ZarrOutput, plan: JobPlan
             rec = {"key": key}  # no digests: the worker's check fails, clears and redoes it
         if rec is not None:
             records[key] = rec
-    # every kept tile's input windows are checked against their digests, not only after an
-    # unreadable input: an in-place edit can keep the size, the time and the sampled windows
-    return records, True
+    return records
 
 
 def plan_line(cfg: JobOptions, plan: JobPlan, *, verified: int = 0) -> str:
@@ -242,15 +240,18 @@ def _run_plan(cfg: JobOptions, family: ModelFamily, plan: JobPlan, lease: Output
         fill_value=fill, attrs={**plan.attrs, COMPLETE: False},
         overwrite=cfg.overwrite, resume=cfg.resume, overviews=plan.overviews, codec=cfg.codec,
         zarr_format=cfg.zarr_format,
-        products=[(p.path, p.out_shape, p.attrs) for p in plan.products])
-    records, verify_inputs = _trusted_records(cfg, out, plan) if cfg.resume else ({}, False)
+        products=[(p.path, p.out_shape, {**p.attrs, COMPLETE: False}) for p in plan.products])
+    records = _trusted_records(cfg, out, plan) if cfg.resume else {}
     arrays = [out] + [out.product(p.array) for p in plan.products]
-    for arr in arrays:  # readers refuse it (and its overviews) as an input until the last tile
-        arr.set_complete(False)
+    if cfg.resume:  # created complete=false; a resumed output is unfinished again until its end
+        for arr in arrays:  # (readers refuse it, and its overviews, as an input)
+            arr.set_complete(False)
     tiles = plan.tiles.tiles()
     work = [(t, records.get(t.key)) for t in tiles]
     job = replace(family.make_job(cfg, plan, out), depth=cfg.depth,
-                  verify_inputs=verify_inputs, halo=plan.halo, masked_only=plan.masked_only,
+                  # every kept tile's input windows are checked against their digests: an
+                  # in-place edit can keep the size, the time and the sampled windows
+                  verify_inputs=cfg.resume, halo=plan.halo, masked_only=plan.masked_only,
                   products=tuple((p.array, p.out_shape) for p in plan.products),
                   product_grid=cfg.grid)
     executor = executor_factory(cfg, job, family.worker_cls)
